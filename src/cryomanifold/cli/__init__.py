@@ -1,0 +1,56 @@
+"""Command-line interface: ``cryomanifold <command> [options]``.
+
+Each subcommand lives in its own module with a ``main(argv) -> int`` that can be
+called in-process (tests do); this module only dispatches, importing the
+subcommand's module lazily so that ``cryomanifold --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("cryomanifold.cli.run", "classify a particle stack (.star, .cs or .mrcs)"),
+    "simulate": ("cryomanifold.cli.simulate", "simulate particles from atomic models"),
+    "demo": ("cryomanifold.cli.demo", "simulate a small dataset and classify it"),
+    "export": ("cryomanifold.cli.export", "write a selection of a run as .star / .cs"),
+    "atlas": ("cryomanifold.cli.atlas", "write the interactive atlas.html of a run"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: cryomanifold <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Run 'cryomanifold <command> --help' for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cryomanifold`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if args[0] == "--version":
+        from cryomanifold import __version__
+
+        print(f"cryomanifold {__version__}")
+        return 0
+    name = args[0]
+    if name not in COMMANDS:
+        print(f"cryomanifold: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    module = importlib.import_module(COMMANDS[name][0])
+    result: int = module.main(args[1:])
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""``cryomanifold export``: write a selection of a run as RELION .star or cryoSPARC .cs.
+
+Usage::
+
+    cryomanifold export RUN_DIR (--selection selection.json | --classes 3,5,8 | --exclude-junk)
+                        [--min-probability P] [--invert] --out particles_selected.star
+                        [--overwrite]
+
+The written file has the selected rows of RUN_DIR/particles.star exactly as they
+are there (original columns and optics block included, row order kept), so RELION
+and cryoSPARC import it directly. Write a .cs instead when the run's input was a
+cryoSPARC .cs. selection.json comes from the "Download selection" button of the
+run's atlas.html and is refused for any other run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1; got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cryomanifold export``."""
+    p = argparse.ArgumentParser(prog="cryomanifold export", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="output folder of 'cryomanifold run'"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--selection",
+        type=Path,
+        metavar="JSON",
+        help="selection.json downloaded from the run's atlas.html",
+    )
+    which.add_argument("--classes", metavar="LIST", help="class numbers to keep, e.g. 3,5,8 or 3-6")
+    p.add_argument(
+        "--exclude-junk",
+        action="store_true",
+        help="drop the members of junk classes (classes.csv column 'junk')",
+    )
+    p.add_argument(
+        "--min-probability",
+        type=_probability,
+        default=None,
+        metavar="P",
+        help="drop particles whose class probability is below P",
+    )
+    p.add_argument(
+        "--invert", action="store_true", help="write the particles the selection would not write"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output file, .star (RELION) or .cs (cryoSPARC input runs only)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cryomanifold export`` on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (
+        args.selection is None
+        and args.classes is None
+        and not args.exclude_junk
+        and args.min_probability is None
+    ):
+        parser.error(
+            "say what to export: --selection, --classes, --exclude-junk or --min-probability"
+        )
+    from cryomanifold.export import export_selection, parse_class_list
+
+    try:
+        classes = parse_class_list(args.classes) if args.classes is not None else None
+        result = export_selection(
+            args.run_dir,
+            args.out,
+            selection=args.selection,
+            class_numbers=classes,
+            exclude_junk=args.exclude_junk,
+            min_probability=args.min_probability,
+            invert=args.invert,
+            overwrite=args.overwrite,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"cryomanifold export: error: {exc}", file=sys.stderr)
+        return 1
+    # export_selection logs "wrote N of M particles to OUT" (INFO).
+    return 0 if result.n_written else 1

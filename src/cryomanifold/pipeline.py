@@ -1,0 +1,475 @@
+"""The end-to-end run: stack → features → map → classes → class averages → outputs.
+
+:func:`run` chains the building blocks, streaming the particle stack in batches
+so that memory is bounded by the batch size plus the (n, d) feature matrix. Each
+stage is timed and the timings go to ``run.json``. The output contract (file names
+and .star columns) is described in ``docs/architecture.md`` and must stay stable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tqdm.auto import tqdm
+
+from cryomanifold._atomic import atomic_path
+from cryomanifold.ctf import CTFParams, phase_flip
+from cryomanifold.preprocess import fourier_crop, normalize
+
+__all__ = ["RunConfig", "RunResult", "prepare_images", "run"]
+
+log = logging.getLogger(__name__)
+
+#: Files that ``run`` writes into the output folder (the output contract).
+OUTPUT_FILES = (
+    "particles.star",
+    "class_averages.mrcs",
+    "class_examples.mrcs",
+    "classes.csv",
+    "features.npy",
+    "embedding.npy",
+    "map.png",
+    "run.json",
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Parameters of a run; the CLI and the Python API share this one validated config.
+
+    Attributes
+    ----------
+    box : int
+        Box side after Fourier cropping, pixels (images smaller than this are used
+        as they are).
+    n_classes : int or None
+        Number of classes; None chooses it by BIC.
+    seed : int
+        Random seed of every random step.
+    batch_size : int
+        Particles per streamed batch.
+    phase_flip : bool
+        Phase-flip images for the class averages when the metadata has a CTF.
+    ctf_features : bool
+        Divide the amplitude spectra by ``max(|CTF|, ctf_floor)`` before the features
+        when the metadata has a CTF (see :func:`cryomanifold.features.invariant_features`).
+    feature_options : dict
+        Keyword arguments of :func:`cryomanifold.features.invariant_features`.
+    pca_variance, n_neighbors, min_dist : float, int, float
+        Manifold parameters (see :class:`cryomanifold.manifold.ParticleManifold`).
+    max_members : int
+        At most this many members per class (the most probable) are aligned and
+        averaged.
+    examples_per_class : int
+        Member images per class kept in ``class_examples.mrcs`` for the atlas.
+    particle_diameter_angstrom : float or None
+        Expected particle diameter; sets the junk score's central region. Default:
+        0.6 of the box.
+    atlas : bool
+        Also write the interactive ``atlas.html``.
+    progress : bool
+        Show progress bars.
+    """
+
+    box: int = 64
+    n_classes: int | None = None
+    seed: int = 0
+    batch_size: int = 1024
+    phase_flip: bool = True
+    ctf_features: bool = True
+    feature_options: dict[str, Any] = field(default_factory=dict)
+    pca_variance: float = 0.95
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    max_members: int = 300
+    examples_per_class: int = 8
+    particle_diameter_angstrom: float | None = None
+    atlas: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.box < 16 or self.box % 2:
+            raise ValueError(f"box must be an even number of pixels >= 16; got {self.box}")
+        if self.n_classes is not None and self.n_classes < 1:
+            raise ValueError(f"n_classes must be >= 1; got {self.n_classes}")
+        if not 0 < self.pca_variance <= 1:
+            raise ValueError(f"pca_variance must be in (0, 1]; got {self.pca_variance}")
+        if self.batch_size < 1 or self.max_members < 1 or self.examples_per_class < 0:
+            raise ValueError("batch_size and max_members must be >= 1, examples_per_class >= 0")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` returns besides the files it writes."""
+
+    out_dir: Path
+    labels: npt.NDArray[np.int64]  # (n,) 0-based, -1 for skipped particles
+    probabilities: npt.NDArray[np.float32]
+    embedding: npt.NDArray[np.float32]
+    junk_scores: npt.NDArray[np.float32]
+    class_averages: npt.NDArray[np.float32]
+    class_junk: npt.NDArray[np.bool_]
+    n_skipped: int
+    timings_s: dict[str, float]
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t0, 3)
+
+
+def prepare_images(
+    images: npt.ArrayLike, *, box: int, pixel_size_angstrom: float, ctf: CTFParams | None = None
+) -> tuple[npt.NDArray[np.float32], float]:
+    """Fourier-crop, optionally phase-flip, and normalise a batch of particles.
+
+    Cropping comes first: it keeps the low frequencies exactly, so phase flipping on
+    the cropped grid with the cropped pixel size is the same as flipping first, at a
+    fraction of the cost.
+
+    Parameters
+    ----------
+    images : array_like, shape (n, L, L)
+    box : int
+        Target box; images are cropped only if larger.
+    pixel_size_angstrom : float
+        Pixel size of ``images``.
+    ctf : CTFParams, optional
+        CTF of the ``n`` particles; phase flipping is done when given.
+
+    Returns
+    -------
+    images : ndarray, shape (n, box', box'), float32
+    pixel_size_angstrom : float
+        Pixel size after cropping.
+    """
+    imgs = np.asarray(images, dtype=np.float32)
+    size = imgs.shape[-1]
+    apix = pixel_size_angstrom
+    if size > box:
+        imgs = fourier_crop(imgs, box)
+        apix = pixel_size_angstrom * size / box
+    elif size % 2:
+        imgs = imgs[:, :-1, :-1]  # FFT-based steps want an even box
+    if ctf is not None:
+        imgs = phase_flip(imgs, ctf, apix)
+    return normalize(imgs), apix
+
+
+def _bad_images(images: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """NaN/inf images and constant images, (n,) bool."""
+    finite = np.isfinite(images).all(axis=(1, 2))
+    spread = np.zeros(images.shape[0], dtype=np.float32)
+    spread[finite] = images[finite].std(axis=(1, 2))
+    return ~finite | ~(spread > 1e-6 * (np.abs(images[finite]).max() if finite.any() else 1.0))
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise FileExistsError(f"{out_dir} exists and is not a folder")
+        if any(out_dir.iterdir()) and not overwrite:
+            raise FileExistsError(
+                f"output folder {out_dir} exists and is not empty; "
+                "choose another --out or pass --overwrite"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _select_members(
+    labels: npt.NDArray[np.int64],
+    probabilities: npt.NDArray[np.float32],
+    n_classes: int,
+    limit: int,
+) -> list[npt.NDArray[np.int64]]:
+    """Indices of the ``limit`` most probable members of each class."""
+    out = []
+    for k in range(n_classes):
+        idx = np.flatnonzero(labels == k)
+        out.append(idx[np.argsort(-probabilities[idx], kind="stable")[:limit]])
+    return out
+
+
+def run(
+    input_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: RunConfig | None = None,
+    *,
+    overwrite: bool = False,
+) -> RunResult:
+    """Classify a particle stack and write the output contract into ``out_dir``.
+
+    Parameters
+    ----------
+    input_path : path
+        RELION .star, cryoSPARC .cs, or a bare .mrcs/.mrc stack.
+    out_dir : path
+        Output folder; must not exist or be empty unless ``overwrite``.
+    config : RunConfig, optional
+    overwrite : bool
+        Replace the files of an earlier run in ``out_dir``.
+
+    Returns
+    -------
+    RunResult
+    """
+    from cryomanifold.averaging import class_averages
+    from cryomanifold.features import invariant_features
+    from cryomanifold.io import read_particles, write_cs, write_mrcs, write_star
+    from cryomanifold.junk import assess_classes, particle_contrast, particle_junk_scores
+    from cryomanifold.manifold import ParticleManifold
+    from cryomanifold.plot import plot_map
+
+    cfg = config or RunConfig()
+    out = Path(out_dir)
+    _prepare_out_dir(out, overwrite)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    stack = read_particles(input_path)
+    n = len(stack)
+    if n < 3:
+        raise ValueError(f"{input_path}: {n} particles; at least 3 are needed")
+    log.info(
+        "%s: %d particles, %d px, %.3f Å/px",
+        input_path,
+        n,
+        stack.box_size,
+        stack.pixel_size_angstrom,
+    )
+    ctf = stack.ctf if cfg.phase_flip else None
+    if cfg.phase_flip and stack.ctf is None:
+        log.warning("%s has no CTF parameters: class averages are not phase-flipped", input_path)
+
+    # -- stage 1: stream, preprocess, featurise -------------------------------------
+    feats: list[npt.NDArray[np.float32]] = []
+    contrast = np.ones(n, dtype=np.float32)
+    bad = np.zeros(n, dtype=bool)
+    apix = stack.pixel_size_angstrom
+
+    def radius_px(pixel_size: float) -> float | None:
+        d = cfg.particle_diameter_angstrom
+        return None if d is None else 0.5 * d / pixel_size
+
+    with _timed(timings, "features"):
+        bar = tqdm(total=n, desc="features", unit="particle", disable=not cfg.progress or None)
+        for idx, imgs in stack.batches(cfg.batch_size):
+            b = _bad_images(imgs)
+            bad[idx] = b
+            imgs = np.where(b[:, None, None], np.float32(0), np.nan_to_num(imgs))
+            prepared, apix = prepare_images(
+                imgs, box=cfg.box, pixel_size_angstrom=stack.pixel_size_angstrom
+            )
+            contrast[idx] = particle_contrast(
+                prepared, pixel_size_angstrom=apix, radius_px=radius_px(apix)
+            )
+            feats.append(
+                invariant_features(
+                    prepared,
+                    ctf=stack.ctf.subset(idx)
+                    if cfg.ctf_features and stack.ctf is not None
+                    else None,
+                    pixel_size_angstrom=apix,
+                    **cfg.feature_options,
+                )
+            )
+            bar.update(len(idx))
+        bar.close()
+    features = np.concatenate(feats).astype(np.float32)
+    n_bad = int(bad.sum())
+    if n_bad:
+        log.warning(
+            "skipped %d of %d particles with NaN/inf or constant images (class 0 in "
+            "particles.star)",
+            n_bad,
+            n,
+        )
+    good = np.flatnonzero(~bad)
+    if good.size < 3:
+        raise ValueError(f"{input_path}: only {good.size} usable particles")
+
+    # -- stage 2: manifold ------------------------------------------------------------
+    with _timed(timings, "manifold"):
+        manifold = ParticleManifold(
+            cfg.n_classes,
+            pca_variance=cfg.pca_variance,
+            n_neighbors=cfg.n_neighbors,
+            min_dist=cfg.min_dist,
+            random_state=cfg.seed,
+        ).fit(features[good])
+    k = manifold.n_classes_
+    labels = np.full(n, -1, dtype=np.int64)
+    labels[good] = manifold.labels_
+    prob = np.zeros(n, dtype=np.float32)
+    prob[good] = manifold.probabilities_
+    embedding = np.full((n, 2), np.nan, dtype=np.float32)
+    embedding[good] = manifold.embedding_
+    proba_full = manifold.gmm_.predict_proba(manifold.embedding_)
+
+    # -- stage 3: class averages ---------------------------------------------------
+    with _timed(timings, "class_averages"):
+        members = _select_members(labels, prob, k, cfg.max_members)
+        sel = np.concatenate(members)
+        order = np.argsort(sel, kind="stable")
+        imgs_sel = np.empty((sel.size, 0, 0), np.float32)
+        if sel.size:
+            raw = stack.images(sel[order])
+            prepared, _ = prepare_images(
+                raw,
+                box=cfg.box,
+                pixel_size_angstrom=stack.pixel_size_angstrom,
+                ctf=ctf.subset(sel[order]) if ctf is not None else None,
+            )
+            imgs_sel = np.empty_like(prepared)
+            imgs_sel[order] = prepared
+        averages = class_averages(
+            imgs_sel,
+            labels[sel],
+            n_classes=k,
+            weights=prob[sel],
+            max_members=cfg.max_members,
+            random_state=cfg.seed,
+            progress=cfg.progress,
+        )
+        averages = np.asarray(averages, dtype=np.float32)
+        box_out = averages.shape[-1]
+        examples = np.zeros((k * cfg.examples_per_class, box_out, box_out), np.float32)
+        offsets = np.cumsum([0] + [m.size for m in members])
+        for c in range(k):
+            m = min(cfg.examples_per_class, members[c].size)
+            examples[c * cfg.examples_per_class : c * cfg.examples_per_class + m] = imgs_sel[
+                offsets[c] : offsets[c] + m
+            ]
+
+    # -- stage 4: junk -------------------------------------------------------------
+    with _timed(timings, "junk"):
+        junk = assess_classes(contrast, labels, averages, pixel_size_angstrom=apix)
+        class_scores, class_flags = junk.scores, junk.flags
+        junk_scores = np.ones(n, dtype=np.float32)
+        junk_scores[good] = particle_junk_scores(proba_full, class_scores)
+
+    # -- stage 5: outputs ------------------------------------------------------------
+    with _timed(timings, "write"):
+        columns: dict[str, npt.NDArray[Any]] = {
+            "rlnClassNumber": labels + 1,
+            "cmClassProbability": prob,
+            "cmUMAP1": embedding[:, 0],
+            "cmUMAP2": embedding[:, 1],
+            "cmJunkScore": junk_scores,
+        }
+        write_star(out / "particles.star", stack, columns, overwrite=True)
+        if stack.kind == "cs":
+            write_cs(
+                out / "particles.cs",
+                stack,
+                {
+                    "cm/class": labels + 1,
+                    "cm/probability": prob,
+                    "cm/umap1": embedding[:, 0],
+                    "cm/umap2": embedding[:, 1],
+                    "cm/junk_score": junk_scores,
+                },
+                overwrite=True,
+            )
+        write_mrcs(out / "class_averages.mrcs", averages, apix, overwrite=True)
+        write_mrcs(out / "class_examples.mrcs", examples, apix, overwrite=True)
+        centroids = manifold.class_centroids()
+        sizes = np.bincount(labels[good], minlength=k)
+        with atomic_path(out / "classes.csv") as tmp, open(tmp, "w") as fh:
+            fh.write(
+                "class_number,size,umap1,umap2,junk,junk_score,quality,junk_reason,"
+                "contrast,detail\n"
+            )
+            for c in range(k):
+                fh.write(
+                    f"{c + 1},{sizes[c]},{centroids[c, 0]:.4f},{centroids[c, 1]:.4f},"
+                    f"{int(class_flags[c])},{class_scores[c]:.4f},"
+                    f"{1.0 - class_scores[c]:.4f},{junk.reason[c]},{junk.contrast[c]:.4g},"
+                    f"{junk.detail[c]:.4g}\n"
+                )
+        for name, arr in (("features.npy", features), ("embedding.npy", embedding)):
+            with atomic_path(out / name) as tmp:
+                np.save(tmp, arr)  # tmp ends in .npy, so np.save keeps its name
+        plot_map(
+            embedding[good],
+            labels[good],
+            averages,
+            out / "map.png",
+            centroids=centroids,
+            junk=class_flags,
+            title=f"{Path(input_path).name}: {good.size} particles, "
+            f"{k} classes ({int(class_flags.sum())} junk)",
+        )
+    timings["total"] = round(time.perf_counter() - t_start, 3)
+    info = {
+        "run_id": uuid.uuid4().hex,
+        "input": {"path": str(Path(input_path).resolve()), "kind": stack.kind},
+        "n_particles": n,
+        "n_skipped": n_bad,
+        "n_classes": k,
+        "n_junk_classes": int(class_flags.sum()),
+        "n_junk_particles": int(np.isin(labels, np.flatnonzero(class_flags)).sum()),
+        "box_size": box_out,
+        "pixel_size_angstrom": apix,
+        "input_box_size": stack.box_size,
+        "input_pixel_size_angstrom": stack.pixel_size_angstrom,
+        "examples_per_class": cfg.examples_per_class,
+        "n_pca_components": int(manifold.pca_.n_components_),
+        "n_features": int(features.shape[1]),
+        "bic": {str(kk): v for kk, v in manifold.bic_.items()},
+        "parameters": dataclasses.asdict(cfg),
+        "versions": _versions(),
+        "timings_s": timings,
+    }
+    with atomic_path(out / "run.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+    if cfg.atlas:
+        with _timed(timings, "atlas"):
+            _write_atlas(out)
+    stack.close()
+    return RunResult(
+        out, labels, prob, embedding, junk_scores, averages, class_flags, n_bad, timings
+    )
+
+
+def _write_atlas(out: Path) -> None:
+    try:
+        from cryomanifold.atlas import write_atlas_html
+    except ImportError:  # pragma: no cover - atlas is part of the package
+        log.warning("the interactive atlas is not available in this installation")
+        return
+    write_atlas_html(out, overwrite=True)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in (
+        "cryomanifold",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "umap-learn",
+        "mrcfile",
+        "starfile",
+    ):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out

@@ -1,0 +1,143 @@
+"""The map: the 2-D embedding with class averages drawn as insets (the paper's figures)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from cryomanifold._atomic import atomic_path
+
+__all__ = ["plot_map"]
+
+
+def _contrast(img: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Scale an image to [0, 1] between its 1st and 99th percentiles."""
+    lo, hi = np.percentile(img, [1, 99])
+    return np.clip((img - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+
+def plot_map(
+    embedding: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    averages: npt.ArrayLike,
+    path: str | os.PathLike[str],
+    *,
+    centroids: npt.ArrayLike | None = None,
+    junk: npt.ArrayLike | None = None,
+    title: str | None = None,
+    dpi: int = 200,
+    inset_size: float = 0.07,
+    max_points: int = 200_000,
+    random_state: int = 0,
+) -> Path:
+    """Draw the embedding coloured by class with each class average as an inset.
+
+    Parameters
+    ----------
+    embedding : array_like, shape (n, 2)
+    labels : array_like, shape (n,)
+        0-based class of each point; negative labels (skipped particles) are not drawn.
+    averages : array_like, shape (K, L, L)
+        Class averages, drawn at their class's centre.
+    path : path
+        Output PNG (written atomically).
+    centroids : array_like, shape (K, 2), optional
+        Inset positions; default the median of each class's points.
+    junk : array_like of bool, shape (K,), optional
+        Junk flags; junk classes get a red frame and label.
+    title : str, optional
+    dpi : int
+        Resolution of the PNG.
+    inset_size : float
+        Inset width as a fraction of the figure width.
+    max_points : int
+        At most this many points are drawn (a seeded random subset) so that 10^6
+        particles still give a small PNG quickly.
+    random_state : int
+        Seed of that subset.
+
+    Returns
+    -------
+    Path
+        The written PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    emb = np.asarray(embedding, dtype=np.float64)
+    lab = np.asarray(labels)
+    avg = np.asarray(averages, dtype=np.float64)
+    n_classes = avg.shape[0]
+    flags = np.zeros(n_classes, bool) if junk is None else np.asarray(junk, dtype=bool)
+    good = lab >= 0
+    if centroids is None:
+        cents = np.array(
+            [
+                np.median(emb[lab == k], axis=0) if np.any(lab == k) else [np.nan] * 2
+                for k in range(n_classes)
+            ]
+        )
+    else:
+        cents = np.asarray(centroids, dtype=np.float64)
+
+    idx = np.flatnonzero(good)
+    if idx.size > max_points:
+        idx = np.sort(np.random.default_rng(random_state).choice(idx, max_points, replace=False))
+    if n_classes <= 20:
+        colours = plt.get_cmap("tab20")(np.arange(n_classes))
+    else:
+        colours = plt.get_cmap("gist_ncar")(np.linspace(0.05, 0.95, n_classes))
+
+    fig, ax = plt.subplots(figsize=(9, 8), dpi=dpi)
+    size = max(0.5, min(8.0, 4000.0 / max(idx.size, 1)))
+    ax.scatter(
+        emb[idx, 0],
+        emb[idx, 1],
+        c=colours[lab[idx]],
+        s=size,
+        linewidths=0,
+        alpha=0.6,
+        rasterized=True,
+    )
+    zoom = inset_size * fig.get_figwidth() * 72.0 / avg.shape[-1]  # OffsetImage zoom is in points
+    for k in range(n_classes):
+        if not np.all(np.isfinite(cents[k])):
+            continue
+        box = OffsetImage(_contrast(avg[k]), cmap="gray", zoom=zoom)
+        edge = "red" if flags[k] else colours[k]
+        ab = AnnotationBbox(
+            box,
+            tuple(cents[k]),
+            frameon=True,
+            pad=0.15,
+            bboxprops={"edgecolor": edge, "linewidth": 2.0 if flags[k] else 1.2},
+        )
+        ax.add_artist(ab)
+        ax.annotate(
+            f"{k + 1}{' junk' if flags[k] else ''}",
+            tuple(cents[k]),
+            xytext=(0, -0.6 * inset_size * fig.get_figwidth() * 72),
+            ha="center",
+            va="top",
+            textcoords="offset points",
+            fontsize=7,
+            color="red" if flags[k] else "black",
+        )
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    n_drawn = int(good.sum())
+    ax.set_title(
+        title or f"{n_drawn} particles, {n_classes} classes ({int(flags.sum())} flagged as junk)"
+    )
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(path)
