@@ -11,7 +11,7 @@ import starfile
 from scipy.spatial.transform import Rotation
 
 #: 3-D blob centres (Å-free units: pixels) of two different assemblies.
-ROD = np.array([[0, 0, -12], [0, 0, 0], [0, 0, 12], [7, 0, 12], [0, 6, -12]], float)
+ROD = np.array([[0, 0, -14], [0, 0, -5], [0, 0, 5], [0, 0, 14], [8, 0, 14], [0, 7, -14]], float)
 RING = np.array(
     [[11 * np.cos(a), 11 * np.sin(a), 0] for a in np.linspace(0, 2 * np.pi, 7)[:-1]] + [[0, 0, 0]],
     float,

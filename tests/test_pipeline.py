@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from scipy.ndimage import gaussian_filter
 
 from cryomanifold.averaging import align_to_reference
 from cryomanifold.cli import main as cli_main
@@ -53,7 +54,7 @@ def test_writes_the_whole_contract(result, project):
     assert np.load(out / "features.npy").shape[0] == len(images)
     np.testing.assert_allclose(np.load(out / "embedding.npy"), res.embedding)
     classes = pd.read_csv(out / "classes.csv")
-    assert list(classes.columns) == [
+    assert list(classes.columns)[:7] == [
         "class_number",
         "size",
         "umap1",
@@ -78,6 +79,9 @@ def test_species_and_junk_separate(result, project):
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of the detail of two images (a smooth disk correlates with any blob)."""
+    a = a - gaussian_filter(a, 4.0)
+    b = b - gaussian_filter(b, 4.0)
     a = a - a.mean()
     b = b - b.mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
@@ -90,13 +94,13 @@ def test_aligned_average_beats_unaligned_mean(result, project):
     members = np.flatnonzero(res.labels == k)
     avg = res.class_averages[k]
     unaligned = images[members].mean(axis=0)
-    # the class's true view: the clean member that best matches the average after alignment
+    # the class's true view: its clean members, each aligned to the image it is compared with
     ali = align_to_reference(clean[members], avg)
-    best = ali.aligned[np.argmax(ali.scores)]
     ali_u = align_to_reference(clean[members], unaligned)
-    best_u = ali_u.aligned[np.argmax(ali_u.scores)]
-    assert _corr(avg, best) > 0.8
-    assert _corr(avg, best) > _corr(unaligned, best_u) + 0.1
+    corr_aligned = np.median([_corr(avg, c) for c in ali.aligned])
+    corr_unaligned = np.median([_corr(unaligned, c) for c in ali_u.aligned])
+    assert corr_aligned > 0.7, corr_aligned
+    assert corr_aligned > corr_unaligned + 0.1, (corr_aligned, corr_unaligned)
 
 
 def test_cli_refuses_existing_output_and_reports(project, tmp_path, capsys):

@@ -62,6 +62,7 @@ def choose_n_classes(
     *,
     random_state: int | None = None,
     max_points: int = 20000,
+    tolerance: float = 10.0,
 ) -> tuple[int, dict[int, float]]:
     """Pick the number of Gaussian-mixture components by the Bayesian information criterion.
 
@@ -77,10 +78,14 @@ def choose_n_classes(
         BIC is evaluated on a random subsample of at most this many points (the
         choice is stable well below that, and it bounds the cost on 10^6 particles).
 
+    tolerance : float
+        The largest candidate whose BIC is within ``tolerance`` of the lowest is
+        chosen (0: the lowest BIC).
+
     Returns
     -------
     n_classes : int
-        The candidate with the lowest BIC.
+        The chosen candidate.
     bic : dict
         BIC of every candidate.
     """
@@ -99,7 +104,11 @@ def choose_n_classes(
         bic[k] = float(gmm.bic(x))
     if not bic:
         raise ValueError(f"no candidate number of classes fits {x.shape[0]} points")
-    best = min(bic, key=bic.__getitem__)
+    floor = min(bic.values())
+    # The largest K whose BIC is not strongly worse than the best (Kass & Raftery: a
+    # difference above 10 is very strong evidence): for vector quantisation more
+    # classes give sharper class averages, and BIC is often flat near its minimum.
+    best = max(k for k, v in bic.items() if v <= floor + tolerance)
     return best, bic
 
 
@@ -118,6 +127,9 @@ class ParticleManifold(BaseEstimator):
     standardize : bool
         Scale each feature to unit variance before PCA (features of very different
         magnitudes otherwise let a few low orders dominate).
+    feature_weights : array_like, shape (d,), optional
+        Multiply each (standardised) feature by this weight before PCA, to give a
+        feature more or less say in the map (1 for all by default).
     n_neighbors, min_dist : int, float
         UMAP parameters.
     random_state : int, optional
@@ -147,6 +159,7 @@ class ParticleManifold(BaseEstimator):
         class_candidates: list[int] | None = None,
         pca_variance: float = 0.95,
         standardize: bool = True,
+        feature_weights: npt.ArrayLike | None = None,
         n_neighbors: int = 15,
         min_dist: float = 0.1,
         random_state: int | None = None,
@@ -155,6 +168,7 @@ class ParticleManifold(BaseEstimator):
         self.class_candidates = class_candidates
         self.pca_variance = pca_variance
         self.standardize = standardize
+        self.feature_weights = feature_weights
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
         self.random_state = random_state
@@ -177,7 +191,7 @@ class ParticleManifold(BaseEstimator):
         if self.n_classes is not None and not 1 <= self.n_classes <= x.shape[0]:
             raise ValueError(f"n_classes={self.n_classes} must be between 1 and {x.shape[0]}")
         self.scaler_ = StandardScaler().fit(x) if self.standardize else None
-        xs = self.scaler_.transform(x) if self.scaler_ is not None else x
+        xs = self._scale(x)
         self.pca_ = PCA(
             n_components=self.pca_variance, svd_solver="full", random_state=self.random_state
         ).fit(xs)
@@ -216,6 +230,15 @@ class ParticleManifold(BaseEstimator):
         return self
 
     # -- applying ----------------------------------------------------------------
+    def _scale(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        xs = self.scaler_.transform(x) if self.scaler_ is not None else x
+        if self.feature_weights is not None:
+            w = np.asarray(self.feature_weights, dtype=np.float32)
+            if w.shape != (x.shape[1],):
+                raise ValueError(f"feature_weights has shape {w.shape}; expected ({x.shape[1]},)")
+            xs = xs * w
+        return np.asarray(xs, dtype=np.float32)
+
     def _classify(
         self, emb: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
@@ -227,7 +250,7 @@ class ParticleManifold(BaseEstimator):
         """Embed new features (n, d) into the fitted 2-D map."""
         check_is_fitted(self, "umap_")
         x = np.asarray(X, dtype=np.float32)
-        xs = self.scaler_.transform(x) if self.scaler_ is not None else x
+        xs = self._scale(x)
         return np.asarray(self.umap_.transform(self.pca_.transform(xs)), dtype=np.float32)
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[np.int64]:

@@ -4,11 +4,16 @@ Classes are a vector quantisation: there are usually many more classes than
 species, so species separation is scored after each class is named by the
 majority truth label of its members ("class-majority" labels). Junk labels are
 truth labels that start with ``junk`` (``junk:ice``, ``junk:carbon_edge``, ...).
+
+Beyond species and junk: :func:`view_coherence_deg` scores whether classes (or
+feature-space neighbours) share a viewing direction, :func:`frc` and
+:func:`frc_resolution_angstrom` compare a class average with the true projection,
+and :func:`invariance_error` checks a featuriser's invariances on real images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -16,13 +21,21 @@ import numpy.typing as npt
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 __all__ = [
+    "InvarianceError",
     "JunkScores",
+    "ViewCoherence",
+    "frc",
+    "frc_resolution_angstrom",
+    "invariance_error",
     "is_junk_label",
     "junk_precision_recall",
     "majority_labels",
     "species_ari",
     "species_nmi",
     "species_purity_recall",
+    "symmetry_group",
+    "view_coherence_deg",
+    "viewing_directions",
 ]
 
 
@@ -129,3 +142,339 @@ def junk_precision_recall(flagged: npt.ArrayLike, truth: npt.ArrayLike) -> JunkS
     f1 = 2 * precision * recall / max(precision + recall, 1e-12)
     by_kind = {str(k): float(f[tr == k].mean()) for k in np.unique(tr[junk])}
     return JunkScores(precision, recall, f1, by_kind)
+
+
+# --------------------------------------------------------------------------- views
+
+
+def viewing_directions(rot_deg: npt.ArrayLike, tilt_deg: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Projection directions, in the model frame, of RELION Euler angles.
+
+    The image of pose ``A = Rz(psi) Ry(tilt) Rz(rot)`` is the projection of the
+    model along ``A^T e_z = (sin tilt cos rot, sin tilt sin rot, cos tilt)``; psi is
+    an in-plane rotation and does not change it.
+
+    Parameters
+    ----------
+    rot_deg, tilt_deg : array_like, shape (n,)
+        ``rlnAngleRot`` and ``rlnAngleTilt``, degrees.
+
+    Returns
+    -------
+    ndarray, shape (n, 3), float64
+        Unit vectors.
+    """
+    rot = np.deg2rad(np.asarray(rot_deg, dtype=np.float64).ravel())
+    tilt = np.deg2rad(np.asarray(tilt_deg, dtype=np.float64).ravel())
+    if rot.shape != tilt.shape:
+        raise ValueError(f"rot_deg and tilt_deg differ in length: {rot.size} != {tilt.size}")
+    st = np.sin(tilt)
+    return np.stack([st * np.cos(rot), st * np.sin(rot), np.cos(tilt)], axis=1)
+
+
+def symmetry_group(name: str) -> npt.NDArray[np.float64]:
+    """Rotation matrices of a cyclic or dihedral point group in the standard frame.
+
+    ``Cn``: rotations by ``2 pi k / n`` about z. ``Dn``: those plus the two-fold
+    rotations about the n axes in the xy plane at angles ``pi k / n`` from x.
+    For a model whose symmetry axes are elsewhere, conjugate: ``R @ G @ R.T``.
+
+    Parameters
+    ----------
+    name : str
+        ``"C1"``, ``"C7"``, ``"D4"``, ... (case-insensitive).
+
+    Returns
+    -------
+    ndarray, shape (G, 3, 3), float64
+        ``G = n`` for Cn, ``2 n`` for Dn; the identity first.
+    """
+    kind, order = name[:1].upper(), name[1:]
+    if kind not in ("C", "D") or not order.isdigit() or int(order) < 1:
+        raise ValueError(f"unknown point group {name!r}; expected Cn or Dn, e.g. 'C1' or 'D7'")
+    n = int(order)
+    a = 2 * np.pi * np.arange(n) / n
+    c, s = np.cos(a), np.sin(a)
+    z, o = np.zeros(n), np.ones(n)
+    cyc = np.stack([c, -s, z, s, c, z, z, z, o], axis=1).reshape(n, 3, 3)
+    if kind == "C":
+        return cyc
+    flip = np.diag([1.0, -1.0, -1.0])  # two-fold about x
+    return np.concatenate([cyc, cyc @ flip])
+
+
+def _pair_angles_deg(
+    a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], group: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Reflection- and symmetry-reduced angles between row pairs of ``a`` and ``b``."""
+    gb = np.einsum("gij,mj->gmi", group, b)  # (G, m, 3)
+    cos = np.abs(np.einsum("mi,gmi->gm", a, gb)).max(axis=0)
+    return np.asarray(np.degrees(np.arccos(np.clip(cos, 0.0, 1.0))))
+
+
+class ViewCoherence(NamedTuple):
+    """How similar the viewing directions of grouped or neighbouring particles are.
+
+    Attributes
+    ----------
+    fraction_within_10deg : float
+        Fraction of the compared pairs closer than ``threshold_deg`` (10 by default).
+    median_deg : float
+        Median angle of the compared pairs, degrees.
+    n_pairs : int
+        Number of pairs compared.
+    angles_deg : ndarray, shape (n_pairs,)
+        The angles themselves.
+    """
+
+    fraction_within_10deg: float
+    median_deg: float
+    n_pairs: int
+    angles_deg: npt.NDArray[np.float64]
+
+
+def view_coherence_deg(
+    directions: npt.ArrayLike,
+    groups: npt.ArrayLike | None = None,
+    *,
+    neighbors: npt.ArrayLike | None = None,
+    symmetry: npt.ArrayLike | None = None,
+    threshold_deg: float = 10.0,
+    max_pairs_per_group: int = 2000,
+    random_state: int = 0,
+) -> ViewCoherence:
+    """Angles between the viewing directions of particles that should look alike.
+
+    The angle between directions ``v`` and ``w`` is ``min(angle(v, w), angle(v, -w))``
+    (a projection along ``-v`` is the mirror image of the one along ``v``, which
+    mirror-invariant features cannot tell apart), further minimised over
+    ``angle(v, g w)`` for the rotations ``g`` of the particle's point group. Give
+    either ``groups`` (pairs within each group, e.g. a class; at most
+    ``max_pairs_per_group`` random pairs per group) or ``neighbors`` (each particle
+    against each of its neighbours, e.g. its k nearest neighbours in feature space:
+    Zhao & Singer's score). Uniformly random directions give a fraction of about
+    ``1 - cos(10 deg) = 0.015`` without symmetry.
+
+    Parameters
+    ----------
+    directions : array_like, shape (n, 3)
+        Unit viewing directions (:func:`viewing_directions`).
+    groups : array_like, shape (n,), optional
+        Group of each particle (any hashable labels).
+    neighbors : array_like of int, shape (n, k), optional
+        Indices of each particle's neighbours (an index equal to the row's own is
+        skipped).
+    symmetry : array_like, shape (G, 3, 3), optional
+        Rotations of the point group in the model frame (:func:`symmetry_group`).
+    threshold_deg : float
+        Angle below which a pair counts as coherent.
+    max_pairs_per_group : int
+        Pairs drawn per group (all pairs if fewer).
+    random_state : int
+
+    Returns
+    -------
+    ViewCoherence
+
+    Raises
+    ------
+    ValueError
+        If not exactly one of ``groups`` and ``neighbors`` is given, or on
+        mismatched shapes.
+    """
+    v = np.asarray(directions, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != 3:
+        raise ValueError(f"directions must have shape (n, 3); got {v.shape}")
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    n = v.shape[0]
+    if (groups is None) == (neighbors is None):
+        raise ValueError("give exactly one of groups and neighbors")
+    group = np.eye(3)[None] if symmetry is None else np.asarray(symmetry, dtype=np.float64)
+    if group.ndim != 3 or group.shape[1:] != (3, 3):
+        raise ValueError(f"symmetry must have shape (G, 3, 3); got {group.shape}")
+    if neighbors is not None:
+        nb = np.asarray(neighbors, dtype=np.intp)
+        if nb.ndim != 2 or nb.shape[0] != n:
+            raise ValueError(f"neighbors must have shape ({n}, k); got {nb.shape}")
+        rows = np.repeat(np.arange(n), nb.shape[1])
+        cols = nb.ravel()
+        keep = rows != cols
+        i, j = rows[keep], cols[keep]
+    else:
+        g = np.asarray(groups)
+        if g.shape != (n,):
+            raise ValueError(f"groups must have shape ({n},); got {g.shape}")
+        rng = np.random.default_rng(random_state)
+        ii, jj = [], []
+        for label in np.unique(g):
+            members = np.flatnonzero(g == label)
+            m = members.size
+            if m < 2:
+                continue
+            if m * (m - 1) // 2 <= max_pairs_per_group:
+                a, b = np.triu_indices(m, k=1)
+            else:
+                a = rng.integers(0, m, max_pairs_per_group)
+                b = (a + rng.integers(1, m, max_pairs_per_group)) % m  # b != a
+            ii.append(members[a])
+            jj.append(members[b])
+        i = np.concatenate(ii) if ii else np.zeros(0, np.intp)
+        j = np.concatenate(jj) if jj else np.zeros(0, np.intp)
+    angles = _pair_angles_deg(v[i], v[j], group)
+    if angles.size == 0:
+        return ViewCoherence(float("nan"), float("nan"), 0, angles)
+    return ViewCoherence(
+        float(np.mean(angles < threshold_deg)), float(np.median(angles)), int(angles.size), angles
+    )
+
+
+# --------------------------------------------------------------------------- FRC
+
+
+def frc(
+    image_a: npt.ArrayLike, image_b: npt.ArrayLike
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Fourier ring correlation of two square images.
+
+    Parameters
+    ----------
+    image_a, image_b : array_like, shape (L, L)
+
+    Returns
+    -------
+    frequencies : ndarray, shape (L // 2 + 1,)
+        Ring frequencies in 1/pixel (``r / L`` for ring ``r``; 0.5 is Nyquist).
+    values : ndarray, shape (L // 2 + 1,)
+        ``Re sum(A conj(B)) / sqrt(sum |A|^2 sum |B|^2)`` over each ring (pixels
+        rounded to the nearest ring); 0 where a ring has no power.
+    """
+    a = np.asarray(image_a, dtype=np.float64)
+    b = np.asarray(image_b, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape != b.shape:
+        raise ValueError(f"need two square images of one shape; got {a.shape} and {b.shape}")
+    box = a.shape[0]
+    fa, fb = np.fft.fft2(a), np.fft.fft2(b)
+    k = np.fft.fftfreq(box) * box
+    ring = np.rint(np.hypot(k[:, None], k[None, :])).astype(np.intp).ravel()
+    n_rings = box // 2 + 1
+    inside = ring < n_rings
+    r = ring[inside]
+    cross = np.bincount(r, (fa * np.conj(fb)).real.ravel()[inside], n_rings)
+    pa = np.bincount(r, (np.abs(fa) ** 2).ravel()[inside], n_rings)
+    pb = np.bincount(r, (np.abs(fb) ** 2).ravel()[inside], n_rings)
+    denom = np.sqrt(pa * pb)
+    values = np.divide(cross, denom, out=np.zeros(n_rings), where=denom > 0)
+    return np.arange(n_rings) / box, values
+
+
+def frc_resolution_angstrom(
+    image_a: npt.ArrayLike,
+    image_b: npt.ArrayLike,
+    pixel_size_angstrom: float,
+    threshold: float = 0.5,
+) -> float:
+    """Resolution at which the FRC of two images first falls below ``threshold``.
+
+    The crossing is interpolated linearly between rings (ring 0, the mean, is
+    ignored). If the FRC never falls below the threshold the Nyquist resolution
+    ``2 * pixel_size_angstrom`` is returned; if it is below at ring 1, ``L *
+    pixel_size_angstrom``.
+
+    Parameters
+    ----------
+    image_a, image_b : array_like, shape (L, L)
+    pixel_size_angstrom : float
+    threshold : float
+        0.5 for an image against a noise-free reference; 0.143 for half sets.
+
+    Returns
+    -------
+    float
+        Resolution in Å.
+    """
+    freq, values = frc(image_a, image_b)
+    box = np.asarray(image_a).shape[0]
+    below = np.flatnonzero(values[1:] < threshold) + 1
+    if below.size == 0:
+        return 2.0 * pixel_size_angstrom
+    r = int(below[0])
+    if r == 1:
+        return box * pixel_size_angstrom
+    v0, v1 = values[r - 1], values[r]
+    f = freq[r - 1] + (freq[r] - freq[r - 1]) * (v0 - threshold) / (v0 - v1)
+    return float(pixel_size_angstrom / f)
+
+
+# --------------------------------------------------------------------------- invariance
+
+
+class InvarianceError(NamedTuple):
+    """Feature changes under transformations, relative to the median feature norm.
+
+    Each value is ``median_i ||f(T x_i) - f(x_i)|| / median_i ||f(x_i)||``;
+    ``between_particles`` is ``median_{i != j} ||f(x_i) - f(x_j)||`` on the same
+    scale, so ``rotation / between_particles`` says how large the error is compared
+    with the differences the features are meant to show.
+    """
+
+    shift: float
+    rotation: float
+    mirror: float
+    between_particles: float
+
+
+def invariance_error(
+    featurize: Callable[[npt.NDArray[np.float32]], npt.ArrayLike],
+    images: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    max_shift_px: int | None = None,
+) -> InvarianceError:
+    """Measure how much features change under shifts, rotations and mirroring.
+
+    Each image gets a random circular shift (each axis uniform in
+    ``[-max_shift_px, max_shift_px]``), a random rotation about the box centre
+    (``scipy.ndimage.rotate``, cubic spline, uniform angle) and a mirror
+    (left-right flip), each applied separately.
+
+    Parameters
+    ----------
+    featurize : callable
+        Maps images ``(n, L, L)`` float32 to features ``(n, d)``.
+    images : array_like, shape (n, L, L)
+        At least two images; not modified.
+    rng : numpy.random.Generator
+    max_shift_px : int, optional
+        Largest shift per axis; default ``L // 8``.
+
+    Returns
+    -------
+    InvarianceError
+    """
+    from scipy.ndimage import rotate
+
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] < 2:
+        raise ValueError(f"images must have shape (n >= 2, L, L); got {x.shape}")
+    n, box = x.shape[0], x.shape[-1]
+    limit = box // 8 if max_shift_px is None else int(max_shift_px)
+    shifts = rng.integers(-limit, limit + 1, size=(n, 2))
+    angles = np.asarray(rng.uniform(0.0, 360.0, size=n))
+    shifted = np.stack([np.roll(x[k], tuple(shifts[k]), axis=(0, 1)) for k in range(n)])
+    rotated = np.empty_like(x)
+    for k in range(n):
+        rotated[k] = rotate(x[k], float(angles[k]), reshape=False, order=3, mode="constant")
+    mirrored = np.ascontiguousarray(x[:, :, ::-1])
+    f0 = np.asarray(featurize(x), dtype=np.float64)
+    scale = float(np.median(np.linalg.norm(f0, axis=1)))
+    if not scale > 0:
+        raise ValueError("the features of the images are all zero")
+
+    def change(t: npt.NDArray[np.float32]) -> float:
+        ft = np.asarray(featurize(t), dtype=np.float64)
+        return float(np.median(np.linalg.norm(ft - f0, axis=1)) / scale)
+
+    i = rng.integers(0, n, 20000) if n > 200 else np.triu_indices(n, k=1)[0]
+    j = (i + rng.integers(1, n, i.size)) % n if n > 200 else np.triu_indices(n, k=1)[1]
+    between = float(np.median(np.linalg.norm(f0[i] - f0[j], axis=1)) / scale)
+    return InvarianceError(change(shifted), change(rotated), change(mirrored), between)

@@ -29,7 +29,7 @@ def plot_map(
     junk: npt.ArrayLike | None = None,
     title: str | None = None,
     dpi: int = 200,
-    inset_size: float = 0.07,
+    inset_size: float | None = None,
     max_points: int = 200_000,
     random_state: int = 0,
 ) -> Path:
@@ -51,8 +51,9 @@ def plot_map(
     title : str, optional
     dpi : int
         Resolution of the PNG.
-    inset_size : float
-        Inset width as a fraction of the figure width.
+    inset_size : float, optional
+        Inset width as a fraction of the figure width; default 0.075, smaller when
+        there are more than 16 classes.
     max_points : int
         At most this many points are drawn (a seeded random subset) so that 10^6
         particles still give a small PNG quickly.
@@ -95,7 +96,7 @@ def plot_map(
         colours = plt.get_cmap("gist_ncar")(np.linspace(0.05, 0.95, n_classes))
 
     fig, ax = plt.subplots(figsize=(9, 8), dpi=dpi)
-    size = max(0.5, min(8.0, 4000.0 / max(idx.size, 1)))
+    size = max(1.0, min(12.0, 30000.0 / max(idx.size, 1)))
     ax.scatter(
         emb[idx, 0],
         emb[idx, 1],
@@ -105,6 +106,8 @@ def plot_map(
         alpha=0.6,
         rasterized=True,
     )
+    if inset_size is None:
+        inset_size = 0.075 if n_classes <= 16 else max(0.04, 0.075 * np.sqrt(16 / n_classes))
     zoom = inset_size * fig.get_figwidth() * 72.0 / avg.shape[-1]  # OffsetImage zoom is in points
     for k in range(n_classes):
         if not np.all(np.isfinite(cents[k])):

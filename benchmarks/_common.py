@@ -1,0 +1,148 @@
+"""Helpers shared by the benchmark scripts: machine info, result files, symmetry frames."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cryomanifold._atomic import atomic_path, check_writable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count, platform and library versions, for the result files."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    for pkg in ("cryomanifold", "numpy", "scipy", "scikit-learn", "umap-learn", "numba"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            info[pkg] = "unknown"
+    try:
+        with open("/proc/loadavg") as fh:
+            info["loadavg_at_start"] = fh.read().split()[:3]
+    except OSError:
+        pass
+    return info
+
+
+def write_results(
+    name: str, data: dict[str, Any], markdown: str, *, overwrite: bool, out_dir: Path = RESULTS
+) -> tuple[Path, Path]:
+    """Write ``out_dir/name.json`` and ``out_dir/name.md`` atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = (out_dir / f"{name}.json", out_dir / f"{name}.md")
+    for p in paths:
+        check_writable(p, overwrite=overwrite)
+    with atomic_path(paths[0]) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(markdown)
+    return paths
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if v != v else f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _symmetry_misfit(
+    coords: npt.NDArray[np.float64], tree: Any, rotation: npt.NDArray[np.float64]
+) -> float:
+    dist, _ = tree.query(coords @ rotation.T)
+    return float(np.median(dist))
+
+
+def _axis_rotation(axis: npt.NDArray[np.float64], angle: float) -> npt.NDArray[np.float64]:
+    from scipy.spatial.transform import Rotation
+
+    return np.asarray(Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix())
+
+
+def symmetry_frame(
+    coords_angstrom: npt.ArrayLike, group: str, *, n_sample: int = 3000, seed: int = 0
+) -> tuple[npt.NDArray[np.float64], float]:
+    """Find the frame of a Cn/Dn model's symmetry axes.
+
+    The n-fold axis is the principal axis of inertia with the most distinct
+    moment; for Dn the two-fold axis is found by scanning the perpendicular
+    directions for the rotation that best maps the atoms onto themselves.
+
+    Parameters
+    ----------
+    coords_angstrom : array_like, shape (N, 3)
+    group : str
+        ``"Cn"`` or ``"Dn"``.
+
+    Returns
+    -------
+    frame : ndarray, shape (3, 3)
+        Columns: the model-frame directions of the standard x (a two-fold axis for
+        Dn), y and z (the n-fold axis); ``frame @ G @ frame.T`` is the group in the
+        model frame.
+    misfit_angstrom : float
+        Median distance of symmetry-mapped atoms to the nearest atom (worst over
+        the generators): small (about 1 Å or less) if the symmetry is right.
+    """
+    from scipy.spatial import cKDTree
+
+    xyz = np.asarray(coords_angstrom, dtype=np.float64)
+    xyz = xyz - xyz.mean(axis=0)
+    rng = np.random.default_rng(seed)
+    sample = xyz[rng.choice(len(xyz), min(n_sample, len(xyz)), replace=False)]
+    tree = cKDTree(xyz)
+    evals, evecs = np.linalg.eigh(np.cov(xyz.T))
+    gaps = [
+        abs(evals[i] - evals[(i + 1) % 3]) + abs(evals[i] - evals[(i + 2) % 3]) for i in range(3)
+    ]
+    z = evecs[:, int(np.argmax(gaps))]
+    n = int(group[1:])
+    misfit = _symmetry_misfit(sample, tree, _axis_rotation(z, 2 * np.pi / n)) if n > 1 else 0.0
+    x0 = np.cross(z, [1.0, 0.0, 0.0] if abs(z[0]) < 0.9 else [0.0, 1.0, 0.0])
+    x0 /= np.linalg.norm(x0)
+    y0 = np.cross(z, x0)
+    x = x0
+    if group[0].upper() == "D":
+        phis = np.deg2rad(np.arange(0.0, 180.0 / n, 0.25))
+        scores = []
+        for phi in phis:
+            axis = np.cos(phi) * x0 + np.sin(phi) * y0
+            scores.append(_symmetry_misfit(sample, tree, _axis_rotation(axis, np.pi)))
+        best = int(np.argmin(scores))
+        x = np.cos(phis[best]) * x0 + np.sin(phis[best]) * y0
+        misfit = max(misfit, scores[best])
+    y = np.cross(z, x)
+    return np.stack([x, y, z], axis=1), misfit
