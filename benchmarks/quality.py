@@ -152,7 +152,11 @@ def _view_scores(
     rng: np.random.Generator,
 ) -> dict[str, Any]:
     from sklearn.neighbors import NearestNeighbors
+    from sklearn.preprocessing import StandardScaler
 
+    # neighbours in the space the manifold starts from: standardised features
+    features = StandardScaler().fit_transform(features[labels >= 0])
+    labels, truth, angles = labels[labels >= 0], truth[labels >= 0], angles[labels >= 0]
     out: dict[str, Any] = {}
     for name, group in groups.items():
         idx = np.flatnonzero(truth == name)
@@ -322,8 +326,9 @@ def _markdown(data: dict[str, Any]) -> str:
     lines.append(
         "\nView coherence: fraction of pairs whose true viewing directions are within 10° "
         "(reflection- and symmetry-reduced), and the median angle; pairs within a class, "
-        f"and each particle with its {K_NEIGHBORS} nearest neighbours in feature space "
-        "(within its species); chance: random neighbours.\n"
+        f"and each particle with its {K_NEIGHBORS} nearest neighbours in standardised "
+        "feature space (the manifold's input; neighbours within the species); chance: "
+        "random neighbours.\n"
     )
     rows = []
     for key, r in data["runs"].items():

@@ -214,7 +214,7 @@ def _markdown(data: dict[str, Any]) -> str:
         )
     )
     lines.append("\n## End to end (`cryomanifold run`, fresh process)\n")
-    stages = ["features", "manifold", "class_averages", "junk", "write", "atlas", "total"]
+    stages = ["features", "manifold", "class_averages", "junk", "write", "total"]
     rows = []
     for name, r in data["end_to_end"].items():
         t = r["timings_s"]
@@ -236,8 +236,10 @@ def _markdown(data: dict[str, Any]) -> str:
         )
     )
     lines.append(
-        "\nWall time includes Python start-up and imports; `total` is the pipeline's own "
-        "clock (it stops before the atlas is written). `cold numba cache`: an empty "
+        "\nWall time includes Python start-up and imports and writing atlas.html; `total` "
+        "is the pipeline's own clock from run.json, which stops before the atlas is "
+        "written. Peak RSS counts the pages of the memory-mapped stack that were read. "
+        "`cold numba cache`: an empty "
         "`NUMBA_CACHE_DIR`, so umap's numba functions are compiled; `warm`: the same "
         f"run again. `python -c 'import cryomanifold'`: {data['startup']['python_import_s']} s.\n"
     )

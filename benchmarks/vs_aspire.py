@@ -453,7 +453,7 @@ def write_results(results: dict[str, Any], json_path: Path, md_path: Path, cmd: 
     if any(r["method"] == "aspire" and not r.get("skipped") for r in results["rows"]):
         lines += [
             "",
-            f"Network connections attempted by the workers (all refused): {sum(attempts)}.",
+            f"Network connections attempted by the ASPIRE workers (all refused): {sum(attempts)}.",
         ]
     lines += ["", "## Goals", ""] + [f"- {g}" for g in results["goals"]] + [""]
     with atomic_path(md_path) as tmp:

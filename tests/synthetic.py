@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mrcfile
@@ -64,7 +65,8 @@ def write_relion(
 ) -> Path:
     """Write ``images`` as a RELION 3.1 project (stack + .star with truth labels)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with mrcfile.new(folder / "particles.mrcs", overwrite=True) as m:
+    with warnings.catch_warnings(), mrcfile.new(folder / "particles.mrcs", overwrite=True) as m:
+        warnings.simplefilter("ignore", RuntimeWarning)  # tests write NaN images on purpose
         m.set_data(images.astype(np.float32))
         m.voxel_size = pixel_size_angstrom
     n = len(images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -111,3 +112,43 @@ def test_cli_refuses_existing_output_and_reports(project, tmp_path, capsys):
     assert cli_main(["run", str(star), "--out", str(out), "--quiet", "--no-atlas"]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_bad_images_are_skipped_not_fatal(tmp_path):
+    images, truth, _ = blob_dataset(n_per_species=40, n_junk=20, seed=3)
+    images[5] = np.nan
+    images[7] = 1.5  # constant
+    star = write_relion(tmp_path / "proj", images, truth)
+    res = run(star, tmp_path / "out", RunConfig(seed=0, progress=False, atlas=False, n_classes=4))
+    assert res.n_skipped == 2
+    assert res.labels[5] == -1 and res.labels[7] == -1
+    assert (res.labels[np.setdiff1d(np.arange(len(images)), [5, 7])] >= 0).all()
+    parts = starfile.read(tmp_path / "out" / "particles.star", always_dict=True)["particles"]
+    assert parts["rlnClassNumber"].iloc[5] == 0 and parts["cmJunkScore"].iloc[7] == 1.0
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["n_skipped"] == 2
+
+
+BETAGAL = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "real_particles"
+    / "betagal_empiar10204_dev"
+    / "Extract"
+    / "job009"
+    / "particles_ctf_fixed.star"
+)
+
+
+@pytest.mark.skipif(not BETAGAL.is_file(), reason="shared data not available")
+def test_real_betagal_particles_run_end_to_end(tmp_path):
+    res = run(BETAGAL, tmp_path / "bg", RunConfig(seed=0, progress=False, atlas=False))
+    assert len(res.labels) == 920 and res.n_skipped == 0
+    assert np.isfinite(res.class_averages).all()
+    # the set holds empty boxes and edge stripes: at least one class must be flagged,
+    # and the flagged classes must be a minority of the particles
+    flagged = res.class_junk[res.labels]
+    assert res.class_junk.any()
+    assert 0.02 < flagged.mean() < 0.5
+    parts = starfile.read(tmp_path / "bg" / "particles.star", always_dict=True)
+    assert len(parts["particles"]) == 920 and "optics" in parts

@@ -186,6 +186,33 @@ def _bad_images(images: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
     return ~finite | ~(spread > 1e-6 * (np.abs(images[finite]).max() if finite.any() else 1.0))
 
 
+def _read_prepared(stack: Any, indices: npt.NDArray[np.int64], cfg: RunConfig,
+                   ctf: CTFParams | None) -> npt.NDArray[np.float32]:
+    """Read, crop, phase-flip and normalise the particles at ``indices``, in batches.
+
+    Reads in sorted order (sequential on disk) and returns the images in the order
+    of ``indices``; memory is the result plus one batch.
+    """
+    order = np.argsort(indices, kind="stable")
+    out: npt.NDArray[np.float32] | None = None
+    for start in range(0, indices.size, cfg.batch_size):
+        chunk = order[start : start + cfg.batch_size]
+        idx = indices[chunk]
+        prepared, _ = prepare_images(
+            stack.images(idx),
+            box=cfg.box,
+            pixel_size_angstrom=stack.pixel_size_angstrom,
+            ctf=ctf.subset(idx) if ctf is not None else None,
+        )
+        if out is None:
+            out = np.empty((indices.size, *prepared.shape[1:]), np.float32)
+        out[chunk] = prepared
+    if out is None:
+        size = min(cfg.box, stack.box_size - stack.box_size % 2)
+        return np.empty((0, size, size), np.float32)
+    return out
+
+
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
@@ -338,18 +365,7 @@ def run(
     with _timed(timings, "class_averages"):
         members = _select_members(labels, prob, k, cfg.max_members)
         sel = np.concatenate(members)
-        order = np.argsort(sel, kind="stable")
-        imgs_sel = np.empty((sel.size, 0, 0), np.float32)
-        if sel.size:
-            raw = stack.images(sel[order])
-            prepared, _ = prepare_images(
-                raw,
-                box=cfg.box,
-                pixel_size_angstrom=stack.pixel_size_angstrom,
-                ctf=ctf.subset(sel[order]) if ctf is not None else None,
-            )
-            imgs_sel = np.empty_like(prepared)
-            imgs_sel[order] = prepared
+        imgs_sel = _read_prepared(stack, sel, cfg, ctf)
         averages = class_averages(
             imgs_sel,
             labels[sel],
