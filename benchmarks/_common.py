@@ -33,12 +33,34 @@ def machine_info() -> dict[str, Any]:
             info[pkg] = version(pkg)
         except PackageNotFoundError:
             info[pkg] = "unknown"
+    info.update(_git_state())
     try:
         with open("/proc/loadavg") as fh:
             info["loadavg_at_start"] = fh.read().split()[:3]
     except OSError:
         pass
     return info
+
+
+def _git_state() -> dict[str, Any]:
+    """Commit of the source tree and the files under src/ that differ from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "unknown"}
+    return {"git_commit": head, "git_modified_src": [d[3:] for d in dirty if d.strip()]}
 
 
 def write_results(

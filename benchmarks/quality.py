@@ -355,7 +355,9 @@ def _markdown(data: dict[str, Any]) -> str:
         lines.append("\n![beta-gal map](betagal_map.png)\n")
     lines.append(
         f"\nMachine: {data['machine']['cpu_count']} CPUs, {data['machine']['platform']}; "
-        f"total benchmark time {data['total_s']} s.\n"
+        f"total benchmark time {data['total_s']} s. Source: commit "
+        f"{data['machine']['git_commit'][:10]}, modified: "
+        f"{', '.join(data['machine'].get('git_modified_src', [])) or 'none'}.\n"
     )
     return "\n".join(lines)
 
@@ -371,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     t_start = time.perf_counter()
+    machine = machine_info()
     args.work.mkdir(parents=True, exist_ok=True)
     groups, projectors = {}, {}
     frames = {}
@@ -413,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "betagal": betagal,
         "goals": GOALS,
-        "machine": machine_info(),
+        "machine": machine,
         "total_s": round(time.perf_counter() - t_start, 1),
     }
     paths = write_results("quality", data, _markdown(data), overwrite=args.overwrite)

@@ -179,7 +179,9 @@ def _markdown(data: dict[str, Any]) -> str:
     lines = [
         "# Throughput (benchmarks/throughput.py)\n",
         f"Machine: {data['machine']['cpu_count']} CPUs ({data['machine']['processor']}), "
-        f"load average at start {data['machine'].get('loadavg_at_start')}; shared with "
+        f"load average at start {data['machine'].get('loadavg_at_start')}; source commit "
+        f"{data['machine']['git_commit'][:10]}, modified: "
+        f"{', '.join(data['machine'].get('git_modified_src', [])) or 'none'}; shared with "
         "other jobs, so timings are indicative. Stacks are read through "
         "`read_particles(...).batches(1024)` from the page cache.\n",
         "## Featurisation\n",

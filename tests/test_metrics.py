@@ -182,3 +182,16 @@ def test_invariance_error_separates_invariant_from_non_invariant_features():
     assert raw.shift > 0.3 * raw.between_particles
     assert raw.rotation > 0.3 * raw.between_particles
     assert raw.mirror > 0.1 * raw.between_particles
+
+
+def test_invariance_error_of_the_package_features():
+    from cryomanifold.features import PAPER_SETTINGS, invariant_features
+
+    rng = np.random.default_rng(4)
+    imgs = np.stack([_blob_image(48, rng) for _ in range(12)])
+    err = invariance_error(
+        lambda x: invariant_features(x, **PAPER_SETTINGS), imgs, rng=np.random.default_rng(5)
+    )
+    # no mask: circular shifts and mirroring are exact; rotation up to interpolation
+    assert err.shift < 1e-5 and err.mirror < 1e-5
+    assert err.rotation < 0.1 * err.between_particles
