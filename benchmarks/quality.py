@@ -253,8 +253,12 @@ def _betagal(work: Path, overwrite: bool) -> dict[str, Any] | None:
         "class_sizes": classes["size"].tolist(),
         "junk_fraction": float(junk_rows["size"].sum() / n),
         "junk_classes": [
-            {"class": int(r.class_number), "size": int(r.size), "reason": str(r.junk_reason)}
-            for r in junk_rows.itertuples()
+            {
+                "class": int(r["class_number"]),
+                "size": int(r["size"]),
+                "reason": str(r["junk_reason"]),
+            }
+            for r in junk_rows.to_dict("records")
         ],
         "wall_s": round(wall, 1),
         "timings_s": result.timings_s,

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,11 @@ def _time_pass(path: Path, work: Callable[[np.ndarray], object], repeats: int = 
     return best
 
 
+def _pipeline_features(images: np.ndarray, *, pixel_size_angstrom: float) -> np.ndarray:
+    prepared, _ = prepare_images(images, box=64, pixel_size_angstrom=pixel_size_angstrom)
+    return invariant_features(prepared)
+
+
 def featurisation(work_dir: Path, n: int, boxes: list[int]) -> list[dict[str, Any]]:
     out = []
     for box in boxes:
@@ -99,12 +105,7 @@ def featurisation(work_dir: Path, n: int, boxes: list[int]) -> list[dict[str, An
         apix = 2.0 * 128 / box
         floor = _time_pass(path, lambda x: sfft.rfft2(x, workers=-1))
         feats = _time_pass(path, lambda x: invariant_features(x))
-        pipe = _time_pass(
-            path,
-            lambda x, a=apix: invariant_features(
-                prepare_images(x, box=64, pixel_size_angstrom=a)[0]
-            ),
-        )
+        pipe = _time_pass(path, partial(_pipeline_features, pixel_size_angstrom=apix))
         row = {
             "box": box,
             "n_images": n,

@@ -19,6 +19,31 @@ def _contrast(img: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     return np.clip((img - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
 
 
+def _spread(
+    centres: npt.NDArray[np.float64], side: float, valid: npt.NDArray[np.bool_], n_iter: int = 400
+) -> npt.NDArray[np.float64]:
+    """Move square insets of ``side`` apart until they no longer overlap.
+
+    Starts at the class centres; each step pushes every overlapping pair apart along
+    the line between them and pulls each inset gently back to its centre, so insets
+    stay near their classes (a leader line joins them).
+    """
+    pos = np.where(valid[:, None], centres, 0.0).astype(np.float64)
+    rng = np.random.default_rng(0)
+    pos[valid] += rng.normal(scale=1e-3 * side, size=pos[valid].shape)  # break exact ties
+    for _ in range(n_iter):
+        d = pos[:, None, :] - pos[None, :, :]
+        overlap = np.all(np.abs(d) < side, axis=-1) & valid[:, None] & valid[None, :]
+        np.fill_diagonal(overlap, False)
+        if not overlap.any():
+            break
+        dist = np.linalg.norm(d, axis=-1, keepdims=True) + 1e-12
+        depth = side - np.abs(d).max(axis=-1, keepdims=True)
+        push = (overlap[..., None] * d / dist * 0.25 * depth).sum(axis=1)
+        pos += push - 0.02 * (pos - np.where(valid[:, None], centres, 0.0))
+    return pos
+
+
 def plot_map(
     embedding: npt.ArrayLike,
     labels: npt.ArrayLike,
@@ -109,22 +134,26 @@ def plot_map(
     if inset_size is None:
         inset_size = 0.075 if n_classes <= 16 else max(0.04, 0.075 * np.sqrt(16 / n_classes))
     zoom = inset_size * fig.get_figwidth() * 72.0 / avg.shape[-1]  # OffsetImage zoom is in points
-    for k in range(n_classes):
-        if not np.all(np.isfinite(cents[k])):
-            continue
-        box = OffsetImage(_contrast(avg[k]), cmap="gray", zoom=zoom)
+    finite = np.all(np.isfinite(cents), axis=1)
+    span = np.ptp(emb[idx], axis=0) if idx.size else np.ones(2)
+    side = 1.6 * inset_size * float(span.max())  # inset side in data units, with its frame
+    boxes = _spread(cents, side, finite)
+    for k in np.flatnonzero(finite):
         edge = "red" if flags[k] else colours[k]
-        ab = AnnotationBbox(
-            box,
-            tuple(cents[k]),
-            frameon=True,
-            pad=0.15,
-            bboxprops={"edgecolor": edge, "linewidth": 2.0 if flags[k] else 1.2},
+        ax.add_artist(
+            AnnotationBbox(
+                OffsetImage(_contrast(avg[k]), cmap="gray", zoom=zoom),
+                tuple(cents[k]),
+                xybox=tuple(boxes[k]),
+                frameon=True,
+                pad=0.15,
+                bboxprops={"edgecolor": edge, "linewidth": 2.0 if flags[k] else 1.2},
+                arrowprops={"arrowstyle": "-", "color": edge, "linewidth": 0.6, "alpha": 0.8},
+            )
         )
-        ax.add_artist(ab)
         ax.annotate(
             f"{k + 1}{' junk' if flags[k] else ''}",
-            tuple(cents[k]),
+            tuple(boxes[k]),
             xytext=(0, -0.6 * inset_size * fig.get_figwidth() * 72),
             ha="center",
             va="top",
@@ -132,13 +161,18 @@ def plot_map(
             fontsize=7,
             color="red" if flags[k] else "black",
         )
+    if finite.any():
+        lo = np.minimum(emb[idx].min(axis=0), boxes[finite].min(axis=0) - side)
+        hi = np.maximum(emb[idx].max(axis=0), boxes[finite].max(axis=0) + side)
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
     n_drawn = int(good.sum())
     ax.set_title(
         title or f"{n_drawn} particles, {n_classes} classes ({int(flags.sum())} flagged as junk)"
     )
-    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_aspect("equal", adjustable="box")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
