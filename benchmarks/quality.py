@@ -154,8 +154,16 @@ def _view_scores(
     from sklearn.neighbors import NearestNeighbors
     from sklearn.preprocessing import StandardScaler
 
-    # neighbours in the space the manifold starts from: standardised features
-    features = StandardScaler().fit_transform(features[labels >= 0])
+    from cryomanifold.pipeline import RunConfig
+
+    # neighbours in the space the manifold starts from: the invariant features (the
+    # last column of features.npy is the contrast feature), scaled as the pipeline does
+    cfg = RunConfig()
+    features = features[labels >= 0]
+    if cfg.contrast_weight > 0:
+        features = features[:, :-1]
+    if cfg.standardize:
+        features = StandardScaler().fit_transform(features)
     labels, truth, angles = labels[labels >= 0], truth[labels >= 0], angles[labels >= 0]
     out: dict[str, Any] = {}
     for name, group in groups.items():
@@ -330,7 +338,7 @@ def _markdown(data: dict[str, Any]) -> str:
     lines.append(
         "\nView coherence: fraction of pairs whose true viewing directions are within 10° "
         "(reflection- and symmetry-reduced), and the median angle; pairs within a class, "
-        f"and each particle with its {K_NEIGHBORS} nearest neighbours in standardised "
+        f"and each particle with its {K_NEIGHBORS} nearest neighbours in the pipeline's "
         "feature space (the manifold's input; neighbours within the species); chance: "
         "random neighbours.\n"
     )

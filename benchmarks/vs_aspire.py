@@ -11,7 +11,8 @@ neighbours of every particle:
   its worker every socket connection raises, and its log folder is a temporary one.
 * **cryomanifold**: :func:`cryomanifold.features.invariant_features` (tuned
   defaults, with the CTF as the pipeline gives it), then Euclidean kNN in the
-  standardised PCA(95 %) space that the UMAP graph is built on.
+  PCA(95 %) space that the UMAP graph is built on (features standardised first only
+  when the pipeline's ``RunConfig().standardize`` is set).
 
 Scores (Zhao & Singer): for each neighbour pair, the angle between the true
 viewing directions, reflection-aware (a view along ``-v`` is the mirror of the one
@@ -292,12 +293,14 @@ def _worker_cryomanifold(images: npt.NDArray[np.float32], work: Path, k: int) ->
 
     from cryomanifold.ctf import CTFParams
     from cryomanifold.features import invariant_features
+    from cryomanifold.pipeline import RunConfig
 
     z = np.load(work / "ctf.npz")
     apix = float(z["pixel_size_angstrom"])
     ctf = CTFParams(**{k2: z[k2] for k2 in z.files if k2 != "pixel_size_angstrom"})
     feats = invariant_features(images, ctf=ctf, pixel_size_angstrom=apix)
-    xs = StandardScaler().fit_transform(feats)
+    # the space the pipeline's manifold starts from (standardised only if it is)
+    xs = StandardScaler().fit_transform(feats) if RunConfig().standardize else feats
     xp = PCA(n_components=0.95, svd_solver="full", random_state=0).fit_transform(xs)
     _, idx = NearestNeighbors(n_neighbors=k + 1).fit(xp).kneighbors(xp)
     return np.asarray(idx)

@@ -13,6 +13,7 @@ this module stays fast.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -45,6 +46,33 @@ def _set_numba_cache() -> None:
         os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, "cryomanifold", "numba")
 
 
+@functools.cache
+def _enable_numba_caching() -> int:
+    """Turn on numba's on-disk cache for umap's and pynndescent's kernels that lack it.
+
+    Several of umap's kernels (the layout optimiser, the fuzzy simplicial set) are
+    compiled without ``cache=True``, so every new process compiled them again: about
+    7 s of a small run. Caching stores the same machine code, so results do not
+    change (checked: identical embeddings). Runs once per process; returns the number
+    of kernels switched.
+    """
+    import sys
+
+    from numba.core.registry import CPUDispatcher
+
+    count = 0
+    for name in [m for m in list(sys.modules) if m.startswith(("umap", "pynndescent"))]:
+        for obj in list(vars(sys.modules[name]).values()):
+            cache = getattr(obj, "_cache", None)
+            if isinstance(obj, CPUDispatcher) and type(cache).__name__ == "NullCache":
+                try:
+                    obj.enable_caching()
+                except Exception:  # pragma: no cover - a kernel numba cannot cache
+                    continue
+                count += 1
+    return count
+
+
 def _umap(**kwargs: Any) -> Any:
     _set_numba_cache()
     import warnings
@@ -52,7 +80,7 @@ def _umap(**kwargs: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap warns at import about optional tensorflow
         import umap
-
+    _enable_numba_caching()
     return umap.UMAP(**kwargs)
 
 
