@@ -207,3 +207,32 @@ def test_concurrent_reads_with_few_open_files(tmp_path: Path, make_images, write
     for rows, images in zip(requests, results, strict=True):
         np.testing.assert_array_equal(images, expected[rows])
     assert len(stack._cache) <= 2
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_streaming_a_stack_does_not_keep_its_pages_resident(tmp_path: Path) -> None:
+    """After streaming every batch, the memory map's pages are no longer resident.
+
+    Without releasing them, resident memory grows to the whole stack as the batches
+    touch every page (6.5 GB for 10^5 particles of 128 px).
+    """
+    n, box = 2048, 128
+    path = tmp_path / "stream.mrcs"
+    with mrcfile.new_mmap(path, shape=(n, box, box), mrc_mode=2) as mrc:
+        mrc.data[:] = 2.0
+        mrc.set_image_stack()
+    stack_bytes = n * box * box * 4  # 128 MiB
+    stack = read_particles(path)
+    before = _resident_bytes()
+    total = 0.0
+    for _, images in stack.batches(256):
+        total += float(images[:, 0, 0].sum())
+        del images
+    grown = _resident_bytes() - before
+    assert total == 2.0 * n
+    assert grown < stack_bytes / 4, grown

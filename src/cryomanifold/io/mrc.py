@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import threading
 import warnings
@@ -212,6 +213,20 @@ def convert_to_float32(src: np.ndarray, out: np.ndarray) -> None:
         np.copyto(out, src, casting="unsafe")
 
 
+def _release_pages(data: np.ndarray) -> None:
+    """Unmap the pages of a read-only memory map that have been read so far.
+
+    Copies were taken, so nothing is lost: the pages stay in the kernel's page
+    cache, but no longer count towards this process's resident memory, which
+    otherwise grows to the whole stack (6.5 GB for 10^5 particles of 128 px) as a
+    stream of batches touches every page.
+    """
+    mm = getattr(data, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):  # closed or unsupported map
+            mm.madvise(mmap.MADV_DONTNEED)
+
+
 class _Entry:
     """One open stack: the file, its memory map, and how many readers are using it."""
 
@@ -273,6 +288,8 @@ class MemmapCache:
         finally:
             with self._lock:
                 entry.readers -= 1
+                if entry.readers == 0:
+                    _release_pages(entry.data)
                 if entry.evicted and entry.readers == 0:
                     entry.mrc.close()
 
