@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
-from cryomanifold.preprocess import soft_circular_mask
-from cryomanifold.transforms import _as_batch, rotate_images, shift_images
+from cryomanifold.preprocess import as_image_batch, soft_circular_mask
+from cryomanifold.transforms import rotate_images, shift_images
 
 __all__ = ["Alignment", "align_to_reference", "lowpass_weights"]
 
@@ -307,7 +307,7 @@ def align_to_reference(
     ValueError
         On mismatched shapes, non-finite pixels or invalid options.
     """
-    imgs = _as_batch(images)
+    imgs = as_image_batch(images)
     ref = np.asarray(reference, dtype=np.float32)
     n, box = imgs.shape[0], imgs.shape[-1]
     if ref.shape != (box, box):

@@ -39,7 +39,8 @@ from cryomanifold.alignment import (
     align_to_reference,
     lowpass_weights,
 )
-from cryomanifold.transforms import _as_batch, rotate_images, shift_images
+from cryomanifold.preprocess import as_image_batch
+from cryomanifold.transforms import rotate_images, shift_images
 
 __all__ = [
     "Alignment",
@@ -156,7 +157,7 @@ def reference_free_average(
         ``average == alignment.aligned.mean(axis=0)``; the alignment is to the
         final, centred reference.
     """
-    imgs = _as_batch(images)
+    imgs = as_image_batch(images)
     n, box = imgs.shape[0], imgs.shape[-1]
     if n == 0 or n_iter < 1:
         raise ValueError(f"need at least one image and n_iter >= 1; got {n} images, {n_iter}")

@@ -10,12 +10,25 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
-__all__ = ["fourier_crop", "normalize", "radial_distance", "soft_circular_mask"]
+__all__ = [
+    "as_image_batch",
+    "fourier_crop",
+    "normalize",
+    "radial_distance",
+    "soft_circular_mask",
+]
 
 F32 = npt.NDArray[np.float32]
 
 
-def _as_batch(images: npt.ArrayLike) -> F32:
+def as_image_batch(images: npt.ArrayLike) -> F32:
+    """``images`` as a float32 batch ``(n, L, L)``; a single ``(L, L)`` image becomes n = 1.
+
+    Raises
+    ------
+    ValueError
+        If the images are not square 2-D images.
+    """
     arr = np.asarray(images, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
@@ -43,7 +56,7 @@ def fourier_crop(images: npt.ArrayLike, new_box: int, *, workers: int = -1) -> F
     -------
     ndarray, shape (n, new_box, new_box), float32
     """
-    imgs = _as_batch(images)
+    imgs = as_image_batch(images)
     box = imgs.shape[-1]
     if new_box == box:
         return imgs.copy()
@@ -111,7 +124,7 @@ def normalize(images: npt.ArrayLike, *, background_radius: float | None = None) 
     -------
     ndarray, shape (n, L, L), float32
     """
-    imgs = _as_batch(images)
+    imgs = as_image_batch(images)
     box = imgs.shape[-1]
     radius = 0.4 * box if background_radius is None else background_radius
     bg = radial_distance(box) > radius

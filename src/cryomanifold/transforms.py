@@ -24,19 +24,12 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
+from cryomanifold.preprocess import as_image_batch
+
 __all__ = ["rotate_images", "shift_images"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
-
-
-def _as_batch(images: npt.ArrayLike) -> F32:
-    arr = np.asarray(images, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
-        raise ValueError(f"images must have shape (n, L, L) with square boxes; got {arr.shape}")
-    return arr
 
 
 def _per_image(values: npt.ArrayLike, n: int, name: str, tail: tuple[int, ...] = ()) -> F64:
@@ -114,7 +107,7 @@ def rotate_images(images: npt.ArrayLike, angles_deg: npt.ArrayLike, *, workers: 
     -------
     ndarray, shape (n, L, L), float32
     """
-    imgs = _as_batch(images)
+    imgs = as_image_batch(images)
     n, box = imgs.shape[0], imgs.shape[-1]
     theta = _per_image(angles_deg, n, "angles_deg")
     quarter = np.round(theta / 90.0)
@@ -159,7 +152,7 @@ def shift_images(images: npt.ArrayLike, shifts_px: npt.ArrayLike, *, workers: in
     -------
     ndarray, shape (n, L, L), float32
     """
-    imgs = _as_batch(images)
+    imgs = as_image_batch(images)
     n, box = imgs.shape[0], imgs.shape[-1]
     s = _per_image(shifts_px, n, "shifts_px", (2,))
     integer = np.all(s == np.round(s), axis=1)
