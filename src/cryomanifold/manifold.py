@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,6 @@ def _enable_numba_caching() -> int:
 
 def _umap(**kwargs: Any) -> Any:
     _set_numba_cache()
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap warns at import about optional tensorflow
@@ -232,7 +232,10 @@ class ParticleManifold(BaseEstimator):
             random_state=self.random_state,
             init="spectral" if x.shape[0] > 10 else "random",
         )
-        emb = np.asarray(self.umap_.fit_transform(xp), dtype=np.float32)
+        with warnings.catch_warnings():
+            # umap says a seed makes it single-threaded; reproducibility is the point here
+            warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+            emb = np.asarray(self.umap_.fit_transform(xp), dtype=np.float32)
         if self.n_classes is None:
             k, self.bic_ = choose_n_classes(
                 emb, self._candidates(x.shape[0]), random_state=self.random_state
