@@ -9,10 +9,8 @@ and .star columns) is described in ``docs/architecture.md`` and must stay stable
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import platform
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
-from cryomanifold._atomic import atomic_path
 from cryomanifold.ctf import CTFParams, phase_flip
 from cryomanifold.preprocess import fourier_crop, normalize
 
@@ -287,19 +284,36 @@ def run(
     -------
     RunResult
     """
-    from cryomanifold.averaging import class_averages
-    from cryomanifold.features import invariant_features
-    from cryomanifold.io import read_particles, write_cs, write_mrcs, write_star
-    from cryomanifold.junk import assess_classes, particle_contrast, particle_junk_scores
-    from cryomanifold.manifold import ParticleManifold
-    from cryomanifold.plot import plot_map
+    from cryomanifold.io import read_particles
 
     cfg = config or RunConfig()
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite)
-    timings: dict[str, float] = {}
     t_start = time.perf_counter()
     stack = read_particles(input_path)
+    try:
+        return _classify(stack, Path(input_path), out, cfg, t_start)
+    finally:
+        stack.close()
+
+
+def _classify(stack: Any, input_path: Path, out: Path, cfg: RunConfig, t_start: float) -> RunResult:
+    """The stages of :func:`run` on an open stack."""
+    from cryomanifold.averaging import class_averages
+    from cryomanifold.features import invariant_features
+    from cryomanifold.io import write_cs, write_mrcs, write_star
+    from cryomanifold.junk import assess_classes, particle_contrast, particle_junk_scores
+    from cryomanifold.manifold import ParticleManifold
+    from cryomanifold.outputs import (
+        annotation_columns,
+        software_versions,
+        write_classes_csv,
+        write_json,
+        write_npy,
+    )
+    from cryomanifold.plot import plot_map
+
+    timings: dict[str, float] = {}
     n = len(stack)
     if n < 3:
         raise ValueError(f"{input_path}: {n} particles; at least 3 are needed")
@@ -420,46 +434,18 @@ def run(
 
     # -- stage 5: outputs ------------------------------------------------------------
     with _timed(timings, "write"):
-        columns: dict[str, npt.NDArray[Any]] = {
-            "rlnClassNumber": labels + 1,
-            "cmClassProbability": prob,
-            "cmUMAP1": embedding[:, 0],
-            "cmUMAP2": embedding[:, 1],
-            "cmJunkScore": junk_scores,
-        }
-        write_star(out / "particles.star", stack, columns, overwrite=True)
+        star_columns, cs_fields = annotation_columns(labels, prob, embedding, junk_scores)
+        write_star(out / "particles.star", stack, star_columns, overwrite=True)
         if stack.kind == "cs":
-            write_cs(
-                out / "particles.cs",
-                stack,
-                {
-                    "cm/class": labels + 1,
-                    "cm/probability": prob,
-                    "cm/umap1": embedding[:, 0],
-                    "cm/umap2": embedding[:, 1],
-                    "cm/junk_score": junk_scores,
-                },
-                overwrite=True,
-            )
+            write_cs(out / "particles.cs", stack, cs_fields, overwrite=True)
         write_mrcs(out / "class_averages.mrcs", averages, apix, overwrite=True)
         write_mrcs(out / "class_examples.mrcs", examples, apix, overwrite=True)
         centroids = manifold.class_centroids()
-        sizes = np.bincount(labels[good], minlength=k)
-        with atomic_path(out / "classes.csv") as tmp, open(tmp, "w") as fh:
-            fh.write(
-                "class_number,size,umap1,umap2,junk,junk_score,quality,junk_reason,"
-                "contrast,detail\n"
-            )
-            for c in range(k):
-                fh.write(
-                    f"{c + 1},{sizes[c]},{centroids[c, 0]:.4f},{centroids[c, 1]:.4f},"
-                    f"{int(class_flags[c])},{class_scores[c]:.4f},"
-                    f"{1.0 - class_scores[c]:.4f},{junk.reason[c]},{junk.contrast[c]:.4g},"
-                    f"{junk.detail[c]:.4g}\n"
-                )
-        for name, arr in (("features.npy", features), ("embedding.npy", embedding)):
-            with atomic_path(out / name) as tmp:
-                np.save(tmp, arr)  # tmp ends in .npy, so np.save keeps its name
+        write_classes_csv(
+            out / "classes.csv", np.bincount(labels[good], minlength=k), centroids, junk
+        )
+        write_npy(out / "features.npy", features)
+        write_npy(out / "embedding.npy", embedding)
         plot_map(
             embedding[good],
             labels[good],
@@ -488,15 +474,13 @@ def run(
         "n_features": int(features.shape[1]),
         "bic": {str(kk): v for kk, v in manifold.bic_.items()},
         "parameters": dataclasses.asdict(cfg),
-        "versions": _versions(),
+        "versions": software_versions(),
         "timings_s": timings,
     }
-    with atomic_path(out / "run.json") as tmp:
-        tmp.write_text(json.dumps(info, indent=2, default=str))
+    write_json(out / "run.json", info)
     if cfg.atlas:
         with _timed(timings, "atlas"):
             _write_atlas(out)
-    stack.close()
     return RunResult(
         out, labels, prob, embedding, junk_scores, averages, class_flags, n_bad, timings
     )
@@ -509,23 +493,3 @@ def _write_atlas(out: Path) -> None:
         log.warning("the interactive atlas is not available in this installation")
         return
     write_atlas_html(out, overwrite=True)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in (
-        "cryomanifold",
-        "numpy",
-        "scipy",
-        "scikit-learn",
-        "umap-learn",
-        "mrcfile",
-        "starfile",
-    ):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
