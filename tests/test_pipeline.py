@@ -152,3 +152,32 @@ def test_real_betagal_particles_run_end_to_end(tmp_path):
     assert 0.02 < flagged.mean() < 0.5
     parts = starfile.read(tmp_path / "bg" / "particles.star", always_dict=True)
     assert len(parts["particles"]) == 920 and "optics" in parts
+
+
+def test_cli_datadir_and_no_output_on_unreadable_input(project, tmp_path, capsys):
+    star, images, _, _ = project
+    # the .star alone, away from its stack: refused with a clear message, nothing created
+    lonely = tmp_path / "meta" / "particles.star"
+    lonely.parent.mkdir()
+    lonely.write_bytes(star.read_bytes())
+    out = tmp_path / "out"
+    assert cli_main(["run", str(lonely), "--out", str(out), "--quiet", "--no-atlas"]) == 1
+    err = capsys.readouterr().err
+    assert "particles.mrcs" in err and "--datadir" in err
+    assert not out.exists()
+    # --datadir names the folder that holds the stack
+    args = [
+        "run",
+        str(lonely),
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-atlas",
+        "--classes",
+        "3",
+        "--datadir",
+        str(star.parent),
+    ]
+    assert cli_main(args) == 0
+    parts = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    assert len(parts) == len(images)

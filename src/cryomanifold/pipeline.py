@@ -235,7 +235,8 @@ def _read_prepared(
     return out
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds files, unless ``overwrite``."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise FileExistsError(f"{out_dir} exists and is not a folder")
@@ -244,7 +245,6 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
                 f"output folder {out_dir} exists and is not empty; "
                 "choose another --out or pass --overwrite"
             )
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _select_members(
@@ -267,6 +267,7 @@ def run(
     config: RunConfig | None = None,
     *,
     overwrite: bool = False,
+    datadir: str | os.PathLike[str] | None = None,
 ) -> RunResult:
     """Classify a particle stack and write the output contract into ``out_dir``.
 
@@ -279,6 +280,9 @@ def run(
     config : RunConfig, optional
     overwrite : bool
         Replace the files of an earlier run in ``out_dir``.
+    datadir : path, optional
+        Folder to look in first for the stack files the metadata names (see
+        :func:`cryomanifold.io.read_particles`).
 
     Returns
     -------
@@ -288,9 +292,10 @@ def run(
 
     cfg = config or RunConfig()
     out = Path(out_dir)
-    _prepare_out_dir(out, overwrite)
+    _check_out_dir(out, overwrite)
     t_start = time.perf_counter()
-    stack = read_particles(input_path)
+    stack = read_particles(input_path, datadir=datadir)
+    out.mkdir(parents=True, exist_ok=True)  # only once the input is readable
     try:
         return _classify(stack, Path(input_path), out, cfg, t_start)
     finally:

@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-atlas", action="store_true", help="do not write atlas.html")
     p.add_argument(
+        "--datadir",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="folder holding the particle stacks, if they are not where the .star/.cs says "
+        "(relative to its folder or a parent)",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="replace the files of an earlier run in --out"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -82,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.quiet,
             feature_options=feature_options,
         )
-        result = run(args.input, args.out, cfg, overwrite=args.overwrite)
+        result = run(args.input, args.out, cfg, overwrite=args.overwrite, datadir=args.datadir)
     except (OSError, ValueError) as exc:
         print(f"cryomanifold run: error: {exc}", file=sys.stderr)
         return 1

@@ -394,8 +394,8 @@ def check_stacks(
         raise ParticleIOError(
             f"{source}: stack file {names[i]!r} (first used on row {first[i] + 1}) not found "
             f"next to {source.name} or in its parent folders ({len(missing)} of {len(files)} "
-            "stack files missing). Keep the RELION/cryoSPARC project layout, pass "
-            "datadir=FOLDER, or check_files=False to read the metadata only"
+            "stack files missing). Keep the RELION/cryoSPARC project layout or name the folder "
+            "that holds the stacks (--datadir FOLDER; datadir= in Python)"
         )
     infos = [stack_info(f) for f in files if f is not None]
     n_images = np.array([info.n_images for info in infos], dtype=np.int64)
@@ -408,7 +408,7 @@ def check_stacks(
         raise ParticleIOError(
             f"{source}: row {bad_rows[0] + 1} asks for image {image_index[bad_rows[0]] + 1} of "
             f"{files[i]}, which has only {n_images[i]} images; the metadata does not match the "
-            "stack (re-extract, or point datadir= at the right stacks)"
+            "stack (re-extract, or point --datadir at the right stacks)"
         )
     for i, info in enumerate(infos):
         if info.shape[0] != info.shape[1]:

@@ -148,8 +148,8 @@ class ParticleStack:
         path = self._files[file_id]
         if path is None:
             raise self._row_error(
-                "stack file not found next to the input or in its parent folders; pass "
-                "datadir=FOLDER to read_particles",
+                "stack file not found next to the input or in its parent folders; name the "
+                "folder that holds the stacks (--datadir FOLDER; datadir= in Python)",
                 row,
                 file_id,
             )
