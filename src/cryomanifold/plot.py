@@ -164,8 +164,9 @@ def plot_map(
     if finite.any():
         lo = np.minimum(emb[idx].min(axis=0), boxes[finite].min(axis=0) - side)
         hi = np.maximum(emb[idx].max(axis=0), boxes[finite].max(axis=0) + side)
-        ax.set_xlim(lo[0], hi[0])
-        ax.set_ylim(lo[1], hi[1])
+        pad = 0.03 * (hi - lo)  # keep the outermost points whole
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
     n_drawn = int(good.sum())
