@@ -273,8 +273,10 @@ def test_normalisations_remove_contrast_and_offset(scale: float, offset: float) 
         np.log1p(raw / 2.0),
         rtol=1e-6,
     )
-    # without a normalisation the scale shows
-    assert _rel(invariant_features(changed, spectrum_norm=None, feature_norm=None), raw) > 0.05
+    # without a normalisation the scale shows (the offset alone is removed by the DC cut)
+    if abs(scale - 1.0) > 0.1:
+        unnormalised = invariant_features(changed, spectrum_norm=None, feature_norm=None)
+        assert _rel(unnormalised, raw) > 0.05
     np.testing.assert_allclose(
         invariant_features(img, spectrum_norm=None, feature_norm="sqrt"), np.sqrt(raw), rtol=1e-6
     )

@@ -11,6 +11,7 @@ from cryomanifold.junk import (
     average_detail,
     particle_contrast,
     particle_junk_scores,
+    particle_mass,
 )
 
 BOX = 48
@@ -73,3 +74,29 @@ def test_particle_scores_are_probability_weighted():
     np.testing.assert_allclose(s, [0.0, 0.5, 1.0])
     with pytest.raises(ValueError):
         particle_junk_scores(p, np.array([0.0, 1.0, 0.5]))
+
+
+def test_particle_mass_counts_particles_not_views():
+    """Integrated density: the same for rotated copies, about 3x for three particles."""
+    rng = np.random.default_rng(4)
+    one = _particle(rng)
+    rotated = np.rot90(one)
+    three = one + np.roll(one, 6, axis=1) + np.roll(one, -6, axis=0)
+    m = particle_mass(np.stack([one, rotated, three, np.zeros_like(one)]), pixel_size_angstrom=APIX)
+    assert m[1] == pytest.approx(m[0], rel=0.02)
+    assert m[2] == pytest.approx(3 * m[0], rel=0.1)
+    assert abs(m[3]) < 1e-3 * m[0]
+
+
+def test_heavy_classes_are_flagged_as_aggregates():
+    rng = np.random.default_rng(5)
+    averages = np.stack([_particle(rng) for _ in range(5)])
+    labels = np.repeat(np.arange(5), [100, 90, 80, 70, 40])
+    contrast = np.full(labels.size, 6.0)
+    per_class_mass = np.array([300.0, 320.0, 400.0, 290.0, 950.0])  # class 4: ~3 particles
+    mass = per_class_mass[labels] * rng.uniform(0.9, 1.1, labels.size)
+    res = assess_classes(contrast, labels, averages, pixel_size_angstrom=APIX, mass=mass)
+    assert list(res.flags) == [False] * 4 + [True]
+    assert res.reason[4] == "heavy"
+    without = assess_classes(contrast, labels, averages, pixel_size_angstrom=APIX)
+    assert not without.flags.any() and np.isnan(without.mass).all()

@@ -39,6 +39,7 @@ CLASSES_CSV_COLUMNS = (
     "junk_reason",
     "contrast",
     "detail",
+    "mass",
 )
 
 
@@ -94,7 +95,7 @@ def write_classes_csv(
             fh.write(
                 f"{c + 1},{size[c]},{cents[c, 0]:.4f},{cents[c, 1]:.4f},{int(junk.flags[c])},"
                 f"{junk.scores[c]:.4f},{1.0 - junk.scores[c]:.4f},{junk.reason[c]},"
-                f"{junk.contrast[c]:.4g},{junk.detail[c]:.4g}\n"
+                f"{junk.contrast[c]:.4g},{junk.detail[c]:.4g},{junk.mass[c]:.4g}\n"
             )
     return Path(path)
 

@@ -307,7 +307,12 @@ def _classify(stack: Any, input_path: Path, out: Path, cfg: RunConfig, t_start: 
     from cryomanifold.averaging import class_averages
     from cryomanifold.features import invariant_features
     from cryomanifold.io import write_cs, write_mrcs, write_star
-    from cryomanifold.junk import assess_classes, particle_contrast, particle_junk_scores
+    from cryomanifold.junk import (
+        assess_classes,
+        particle_contrast,
+        particle_junk_scores,
+        particle_mass,
+    )
     from cryomanifold.manifold import ParticleManifold
     from cryomanifold.outputs import (
         annotation_columns,
@@ -336,6 +341,7 @@ def _classify(stack: Any, input_path: Path, out: Path, cfg: RunConfig, t_start: 
     # -- stage 1: stream, preprocess, featurise -------------------------------------
     feats: list[npt.NDArray[np.float32]] = []
     contrast = np.ones(n, dtype=np.float32)
+    mass = np.zeros(n, dtype=np.float32)
     bad = np.zeros(n, dtype=bool)
     apix = stack.pixel_size_angstrom
 
@@ -355,6 +361,7 @@ def _classify(stack: Any, input_path: Path, out: Path, cfg: RunConfig, t_start: 
             contrast[idx] = particle_contrast(
                 prepared, pixel_size_angstrom=apix, radius_px=radius_px(apix)
             )
+            mass[idx] = particle_mass(prepared, pixel_size_angstrom=apix)
             feats.append(
                 invariant_features(
                     prepared,
@@ -432,7 +439,7 @@ def _classify(stack: Any, input_path: Path, out: Path, cfg: RunConfig, t_start: 
 
     # -- stage 4: junk -------------------------------------------------------------
     with _timed(timings, "junk"):
-        junk = assess_classes(contrast, labels, averages, pixel_size_angstrom=apix)
+        junk = assess_classes(contrast, labels, averages, pixel_size_angstrom=apix, mass=mass)
         class_scores, class_flags = junk.scores, junk.flags
         junk_scores = np.ones(n, dtype=np.float32)
         junk_scores[good] = particle_junk_scores(proba_full, class_scores)
