@@ -181,3 +181,10 @@ def test_cli_datadir_and_no_output_on_unreadable_input(project, tmp_path, capsys
     assert cli_main(args) == 0
     parts = starfile.read(out / "particles.star", always_dict=True)["particles"]
     assert len(parts) == len(images)
+
+
+def test_demo_refuses_a_folder_that_holds_files(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert cli_main(["demo", "--out", str(tmp_path), "--quiet"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

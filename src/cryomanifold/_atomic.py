@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "check_writable"]
+__all__ = ["atomic_path", "check_output_dir", "check_writable"]
 
 
 def check_writable(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
@@ -22,6 +22,26 @@ def check_writable(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
     p = Path(path)
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} already exists; choose another name or pass --overwrite")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Refuse an output folder that exists and holds files, unless ``overwrite``.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` is a file, or a non-empty folder and ``overwrite`` is False.
+    """
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise FileExistsError(f"{p} exists and is not a folder")
+        if any(p.iterdir()) and not overwrite:
+            raise FileExistsError(
+                f"output folder {p} exists and is not empty; choose another --out or pass "
+                "--overwrite"
+            )
     return p
 
 

@@ -178,6 +178,8 @@ class ParticleManifold(BaseEstimator):
         0-based classes, numbered by decreasing size.
     probabilities_ : ndarray, shape (n,), float32
         Posterior probability of each particle's class.
+    membership_ : ndarray, shape (n, K), float64
+        Posterior probabilities of every class.
     """
 
     def __init__(
@@ -251,7 +253,8 @@ class ParticleManifold(BaseEstimator):
         self.gmm_ = _permute_gmm(gmm, order)
         self.n_classes_ = k
         self.embedding_ = emb
-        self.labels_, self.probabilities_ = self._classify(emb)
+        self.membership_ = np.asarray(self.gmm_.predict_proba(emb))
+        self.labels_, self.probabilities_ = self._classify(self.membership_)
         log.info(
             "manifold: %d features -> %d PCA components -> 2-D UMAP -> %d classes",
             x.shape[1],
@@ -270,10 +273,11 @@ class ParticleManifold(BaseEstimator):
             xs = xs * w
         return np.asarray(xs, dtype=np.float32)
 
+    @staticmethod
     def _classify(
-        self, emb: npt.NDArray[np.float32]
+        proba: npt.NDArray[np.float64],
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        proba = self.gmm_.predict_proba(emb)
+        """Hard labels and the probability of each label from memberships (n, K)."""
         labels = np.argmax(proba, axis=1).astype(np.int64)
         return labels, proba[np.arange(len(labels)), labels].astype(np.float32)
 
@@ -286,7 +290,7 @@ class ParticleManifold(BaseEstimator):
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """0-based class of new features (n, d)."""
-        return self._classify(self.transform(X))[0]
+        return self._classify(self.predict_proba(X))[0]
 
     def predict_proba(self, X: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Class membership probabilities (n, K) of new features (n, d)."""

@@ -43,6 +43,16 @@ CLASSES_CSV_COLUMNS = (
 )
 
 
+#: cryoSPARC field for each RELION column that a run adds.
+_CS_FIELDS = {
+    "rlnClassNumber": "cm/class",
+    "cmClassProbability": "cm/probability",
+    "cmUMAP1": "cm/umap1",
+    "cmUMAP2": "cm/umap2",
+    "cmJunkScore": "cm/junk_score",
+}
+
+
 def annotation_columns(
     labels: npt.NDArray[np.int64],
     probabilities: npt.NDArray[np.float32],
@@ -70,13 +80,7 @@ def annotation_columns(
         "cmUMAP2": embedding[:, 1],
         "cmJunkScore": junk_scores,
     }
-    cs: dict[str, npt.NDArray[Any]] = {
-        "cm/class": labels + 1,
-        "cm/probability": probabilities,
-        "cm/umap1": embedding[:, 0],
-        "cm/umap2": embedding[:, 1],
-        "cm/junk_score": junk_scores,
-    }
+    cs = {_CS_FIELDS[name]: values for name, values in star.items()}
     return star, cs
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
+from cryomanifold._atomic import check_output_dir
 from cryomanifold.ctf import CTFParams, phase_flip
 from cryomanifold.preprocess import fourier_crop, normalize
 
@@ -235,18 +236,6 @@ def _read_prepared(
     return out
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse an output folder that holds files, unless ``overwrite``."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise FileExistsError(f"{out_dir} exists and is not a folder")
-        if any(out_dir.iterdir()) and not overwrite:
-            raise FileExistsError(
-                f"output folder {out_dir} exists and is not empty; "
-                "choose another --out or pass --overwrite"
-            )
-
-
 def _select_members(
     labels: npt.NDArray[np.int64],
     probabilities: npt.NDArray[np.float32],
@@ -292,7 +281,7 @@ def run(
 
     cfg = config or RunConfig()
     out = Path(out_dir)
-    _check_out_dir(out, overwrite)
+    check_output_dir(out, overwrite=overwrite)
     t_start = time.perf_counter()
     stack = read_particles(input_path, datadir=datadir)
     out.mkdir(parents=True, exist_ok=True)  # only once the input is readable
@@ -411,7 +400,6 @@ def _classify(stack: Any, input_path: Path, out: Path, cfg: RunConfig, t_start: 
     prob[good] = manifold.probabilities_
     embedding = np.full((n, 2), np.nan, dtype=np.float32)
     embedding[good] = manifold.embedding_
-    proba_full = manifold.gmm_.predict_proba(manifold.embedding_)
 
     # -- stage 3: class averages ---------------------------------------------------
     with _timed(timings, "class_averages"):
@@ -442,7 +430,7 @@ def _classify(stack: Any, input_path: Path, out: Path, cfg: RunConfig, t_start: 
         junk = assess_classes(contrast, labels, averages, pixel_size_angstrom=apix, mass=mass)
         class_scores, class_flags = junk.scores, junk.flags
         junk_scores = np.ones(n, dtype=np.float32)
-        junk_scores[good] = particle_junk_scores(proba_full, class_scores)
+        junk_scores[good] = particle_junk_scores(manifold.membership_, class_scores)
 
     # -- stage 5: outputs ------------------------------------------------------------
     with _timed(timings, "write"):

@@ -114,17 +114,14 @@ def write_report(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryomanifold demo``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    from cryomanifold._atomic import check_output_dir
     from cryomanifold.pipeline import RunConfig, run
     from cryomanifold.simulate import BUILTIN_MODELS, simulate_dataset
 
     out: Path = args.out
     sim_dir = out / "simulated"
     try:
-        if out.exists() and any(out.iterdir()) and not args.overwrite:
-            raise FileExistsError(
-                f"output folder {out} exists and is not empty; choose another "
-                "--out or pass --overwrite"
-            )
+        check_output_dir(out, overwrite=args.overwrite)
         t0 = time.perf_counter()
         star = simulate_dataset(
             [f"builtin:{name}" for name in BUILTIN_MODELS],
