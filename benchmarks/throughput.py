@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_DATA, machine_info, md_table, write_results
 from cryomanifold.features import invariant_features
 from cryomanifold.io import read_particles
-from cryomanifold.pipeline import prepare_images
+from cryomanifold.preprocess import prepare_images
 
 log = logging.getLogger("throughput")
 

@@ -2,7 +2,7 @@
 
 Both methods get the same simulated particles (T20S, D7, and Rubisco L8S8, D4; no
 junk), Fourier-cropped to 64 px and phase-flipped with
-:func:`cryomanifold.pipeline.prepare_images`. Each finds the ``k`` nearest
+:func:`cryomanifold.preprocess.prepare_images`. Each finds the ``k`` nearest
 neighbours of every particle:
 
 * **ASPIRE** (``aspire.classification.RIRClass2D``, defaults: FSPCA with 400
@@ -218,7 +218,7 @@ def prepare_conditions(
 ) -> dict[str, Any]:
     """Write the two prepared 64 px stacks and the CTF to ``work``; return the truth."""
     from cryomanifold.io import read_particles
-    from cryomanifold.pipeline import prepare_images
+    from cryomanifold.preprocess import prepare_images
 
     stack = read_particles(star)
     assert stack.ctf is not None and stack.metadata is not None

@@ -24,10 +24,10 @@ import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from cryomanifold._atomic import check_output_dir
-from cryomanifold.ctf import CTFParams, phase_flip
-from cryomanifold.preprocess import fourier_crop, normalize
+from cryomanifold.ctf import CTFParams
+from cryomanifold.preprocess import bad_images, prepare_images
 
-__all__ = ["RunConfig", "RunResult", "prepare_images", "run"]
+__all__ = ["RunConfig", "RunResult", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -143,52 +143,6 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - t0, 3)
-
-
-def prepare_images(
-    images: npt.ArrayLike, *, box: int, pixel_size_angstrom: float, ctf: CTFParams | None = None
-) -> tuple[npt.NDArray[np.float32], float]:
-    """Fourier-crop, optionally phase-flip, and normalise a batch of particles.
-
-    Cropping comes first: it keeps the low frequencies exactly, so phase flipping on
-    the cropped grid with the cropped pixel size is the same as flipping first, at a
-    fraction of the cost.
-
-    Parameters
-    ----------
-    images : array_like, shape (n, L, L)
-    box : int
-        Target box; images are cropped only if larger.
-    pixel_size_angstrom : float
-        Pixel size of ``images``.
-    ctf : CTFParams, optional
-        CTF of the ``n`` particles; phase flipping is done when given.
-
-    Returns
-    -------
-    images : ndarray, shape (n, box', box'), float32
-    pixel_size_angstrom : float
-        Pixel size after cropping.
-    """
-    imgs = np.asarray(images, dtype=np.float32)
-    size = imgs.shape[-1]
-    apix = pixel_size_angstrom
-    if size > box:
-        imgs = fourier_crop(imgs, box)
-        apix = pixel_size_angstrom * size / box
-    elif size % 2:
-        imgs = imgs[:, :-1, :-1]  # FFT-based steps want an even box
-    if ctf is not None:
-        imgs = phase_flip(imgs, ctf, apix)
-    return normalize(imgs), apix
-
-
-def _bad_images(images: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-    """NaN/inf images and constant images, (n,) bool."""
-    finite = np.isfinite(images).all(axis=(1, 2))
-    spread = np.zeros(images.shape[0], dtype=np.float32)
-    spread[finite] = images[finite].std(axis=(1, 2))
-    return ~finite | ~(spread > 1e-6 * (np.abs(images[finite]).max() if finite.any() else 1.0))
 
 
 def _contrast_column(
@@ -341,7 +295,7 @@ def _classify(stack: Any, input_path: Path, out: Path, cfg: RunConfig, t_start: 
     with _timed(timings, "features"):
         bar = tqdm(total=n, desc="features", unit="particle", disable=not cfg.progress or None)
         for idx, imgs in stack.batches(cfg.batch_size):
-            b = _bad_images(imgs)
+            b = bad_images(imgs)
             bad[idx] = b
             imgs = np.where(b[:, None, None], np.float32(0), np.nan_to_num(imgs))
             prepared, apix = prepare_images(

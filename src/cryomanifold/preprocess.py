@@ -10,10 +10,14 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
+from cryomanifold.ctf import CTFParams, phase_flip
+
 __all__ = [
     "as_image_batch",
+    "bad_images",
     "fourier_crop",
     "normalize",
+    "prepare_images",
     "radial_distance",
     "soft_circular_mask",
 ]
@@ -136,3 +140,49 @@ def normalize(images: npt.ArrayLike, *, background_radius: float | None = None) 
     std[~(std > 1e-12)] = 1.0
     out = (imgs - mean[:, None, None].astype(np.float32)) / std[:, None, None].astype(np.float32)
     return out.astype(np.float32, copy=False)
+
+
+def prepare_images(
+    images: npt.ArrayLike, *, box: int, pixel_size_angstrom: float, ctf: CTFParams | None = None
+) -> tuple[npt.NDArray[np.float32], float]:
+    """Fourier-crop, optionally phase-flip, and normalise a batch of particles.
+
+    Cropping comes first: it keeps the low frequencies exactly, so phase flipping on
+    the cropped grid with the cropped pixel size is the same as flipping first, at a
+    fraction of the cost.
+
+    Parameters
+    ----------
+    images : array_like, shape (n, L, L)
+    box : int
+        Target box; images are cropped only if larger.
+    pixel_size_angstrom : float
+        Pixel size of ``images``.
+    ctf : CTFParams, optional
+        CTF of the ``n`` particles; phase flipping is done when given.
+
+    Returns
+    -------
+    images : ndarray, shape (n, box', box'), float32
+    pixel_size_angstrom : float
+        Pixel size after cropping.
+    """
+    imgs = np.asarray(images, dtype=np.float32)
+    size = imgs.shape[-1]
+    apix = pixel_size_angstrom
+    if size > box:
+        imgs = fourier_crop(imgs, box)
+        apix = pixel_size_angstrom * size / box
+    elif size % 2:
+        imgs = imgs[:, :-1, :-1]  # FFT-based steps want an even box
+    if ctf is not None:
+        imgs = phase_flip(imgs, ctf, apix)
+    return normalize(imgs), apix
+
+
+def bad_images(images: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """Which images of a batch ``(n, L, L)`` are unusable: NaN/inf pixels or constant, (n,) bool."""
+    finite = np.isfinite(images).all(axis=(1, 2))
+    spread = np.zeros(images.shape[0], dtype=np.float32)
+    spread[finite] = images[finite].std(axis=(1, 2))
+    return ~finite | ~(spread > 1e-6 * (np.abs(images[finite]).max() if finite.any() else 1.0))
