@@ -8,10 +8,10 @@ from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score, homogeneity_score
 
 from cryomanifold.manifold import (
+    FeatureMoments,
+    LinearPCA,
     ParticleManifold,
     choose_n_classes,
-    load_manifold,
-    save_manifold,
 )
 
 
@@ -74,11 +74,39 @@ def test_bic_choice_never_merges_blobs():
     assert k == 3 and set(bic) == {2, 3}
 
 
-def test_save_load_roundtrip(fitted, tmp_path):
-    m, _x, _ = fitted
-    path = save_manifold(m, tmp_path / "manifold.joblib")
-    m2 = load_manifold(path)
-    np.testing.assert_array_equal(m2.labels_, m.labels_)
+def test_streamed_moments_equal_one_pass():
+    x, _ = _blobs()
+    parts = [x[:37], x[37:200], x[200:]]
+    mom = FeatureMoments.of(parts[0])
+    for part in parts[1:]:
+        mom = mom.merge(FeatureMoments.of(part))
+    ref = FeatureMoments.of(x)
+    assert mom.count == ref.count == len(x)
+    np.testing.assert_allclose(mom.mean, ref.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mom.covariance, np.cov(x.T.astype(np.float64)), rtol=1e-9)
+
+
+def test_pca_from_moments_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    x, _ = _blobs(d=9)
+    ours = LinearPCA.from_moments(FeatureMoments.of(x), 0.9)
+    theirs = PCA(n_components=0.9, svd_solver="full").fit(x.astype(np.float64))
+    assert ours.n_components_ == theirs.n_components_
+    np.testing.assert_allclose(ours.explained_variance, theirs.explained_variance_, rtol=1e-8)
+    # same axes up to sign
+    overlap = np.abs(np.sum(ours.components * theirs.components_, axis=1))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-8)
+
+
+def test_fit_sample_places_the_rest_in_their_class():
+    x, y = _blobs(n_per=(400, 300, 200))
+    m = ParticleManifold(3, fit_sample=300, random_state=0).fit(x)
+    assert m.sample_.size == 300
+    rest = np.setdiff1d(np.arange(len(y)), m.sample_)
+    assert adjusted_rand_score(y[rest], m.labels_[rest]) > 0.95
+    # the fitted sample keeps its own map positions; the rest are transformed
+    np.testing.assert_array_equal(m.embedding_[rest], m.transform(x[rest]))
 
 
 def test_rejects_bad_input():

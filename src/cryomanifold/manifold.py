@@ -1,87 +1,178 @@
-"""The feature manifold: scaling → PCA → UMAP (2-D) → Gaussian mixture.
+"""The feature manifold: feature scaling → PCA → 2-D UMAP map → Gaussian mixture.
 
 :class:`ParticleManifold` follows the scikit-learn estimator contract: ``__init__``
 only stores parameters, :meth:`ParticleManifold.fit` validates, learns and returns
-``self``, learned state ends in ``_``. A fitted manifold can embed and classify new
-particles (:meth:`transform`, :meth:`predict`), which is how new data is projected
-into an existing map (the "atlas" of several datasets), and it can be saved and
-loaded with :func:`save_manifold` / :func:`load_manifold`.
+``self``, learned state ends in ``_``. Everything it learns is plain arrays (the
+PCA, the UMAP reference of :mod:`cryomanifold.embedding`, the mixture's weights,
+means and covariances), so it can be written and read without pickle
+(:mod:`cryomanifold.modelfile`), and new particles are embedded and classified from
+those arrays (:meth:`transform`, :meth:`predict`).
 
-``umap`` is imported lazily (it compiles numba code on first use), so importing
-this module stays fast.
+At scale, the PCA comes from moments streamed over all particles
+(:class:`FeatureMoments`), while UMAP and the mixture are fitted on a random
+subsample (``fit_sample``); everyone else is placed into the map by
+:meth:`ParticleManifold.transform`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import warnings
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import scipy.linalg
 from sklearn.base import BaseEstimator
-from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
-from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from cryomanifold._atomic import atomic_path
+from cryomanifold.embedding import fit_umap
 
-__all__ = ["ParticleManifold", "choose_n_classes", "load_manifold", "save_manifold"]
+__all__ = [
+    "FeatureMoments",
+    "LinearPCA",
+    "ParticleManifold",
+    "choose_n_classes",
+    "fit_mixture",
+    "gmm_from_arrays",
+]
 
 log = logging.getLogger(__name__)
 
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
 
-def _set_numba_cache() -> None:
-    """Point numba's on-disk cache at a user-writable folder before umap is imported.
 
-    umap-learn and pynndescent mark many kernels ``cache=True``; their default cache
-    lives beside the installed package, which is often read-only, and then every new
-    process compiles again. An explicit ``NUMBA_CACHE_DIR`` from the user wins.
+@dataclass(frozen=True)
+class FeatureMoments:
+    """Count, mean and scatter matrix of feature vectors, mergeable across chunks.
+
+    ``merge`` combines two sets exactly (Chan et al.'s pairwise update), so streaming
+    the features chunk by chunk gives the same moments as one pass over all of them,
+    without the cancellation of accumulating raw sums of squares.
+
+    Attributes
+    ----------
+    count : int
+    mean : ndarray, shape (d,), float64
+    scatter : ndarray, shape (d, d), float64
+        ``sum (x - mean)(x - mean)^T``.
     """
-    if "NUMBA_CACHE_DIR" not in os.environ:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, "cryomanifold", "numba")
+
+    count: int
+    mean: F64
+    scatter: F64
+
+    @classmethod
+    def of(cls, features: npt.ArrayLike) -> FeatureMoments:
+        """Moments of the rows of ``features`` (n, d)."""
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"features must be (n, d); got {x.shape}")
+        if x.shape[0] == 0:
+            return cls(0, np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1])))
+        mean = x.mean(axis=0)
+        centred = x - mean
+        return cls(x.shape[0], mean, centred.T @ centred)
+
+    def merge(self, other: FeatureMoments) -> FeatureMoments:
+        """Moments of the union of two sets of rows."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        scatter = (
+            self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / n)
+        )
+        return FeatureMoments(n, mean, scatter)
+
+    @property
+    def covariance(self) -> F64:
+        """Sample covariance (d, d), with ``n - 1`` in the denominator."""
+        return self.scatter / max(self.count - 1, 1)
+
+    def scaled(self, shift: npt.ArrayLike, scale: npt.ArrayLike) -> FeatureMoments:
+        """Moments of ``(x - shift) * scale``."""
+        s = np.asarray(scale, dtype=np.float64)
+        mean = (self.mean - np.asarray(shift, dtype=np.float64)) * s
+        return FeatureMoments(self.count, mean, self.scatter * np.outer(s, s))
 
 
-@functools.cache
-def _enable_numba_caching() -> int:
-    """Turn on numba's on-disk cache for umap's and pynndescent's kernels that lack it.
+@dataclass(frozen=True)
+class LinearPCA:
+    """A fitted PCA as arrays: ``transform(x) = (x - mean) @ components.T``.
 
-    Several of umap's kernels (the layout optimiser, the fuzzy simplicial set) are
-    compiled without ``cache=True``, so every new process compiled them again: about
-    7 s of a small run. Caching stores the same machine code, so results do not
-    change (checked: identical embeddings). Runs once per process; returns the number
-    of kernels switched.
+    Attributes
+    ----------
+    mean : ndarray, shape (d,), float64
+    components : ndarray, shape (p, d), float64
+        Unit principal axes by decreasing variance; each axis's largest-magnitude
+        entry is positive (a deterministic sign).
+    explained_variance : ndarray, shape (p,), float64
+    explained_variance_ratio : ndarray, shape (p,), float64
     """
-    import sys
 
-    from numba.core.registry import CPUDispatcher
+    mean: F64
+    components: F64
+    explained_variance: F64
+    explained_variance_ratio: F64
 
-    count = 0
-    for name in [m for m in list(sys.modules) if m.startswith(("umap", "pynndescent"))]:
-        for obj in list(vars(sys.modules[name]).values()):
-            cache = getattr(obj, "_cache", None)
-            if isinstance(obj, CPUDispatcher) and type(cache).__name__ == "NullCache":
-                try:
-                    obj.enable_caching()
-                except Exception:  # pragma: no cover - a kernel numba cannot cache
-                    continue
-                count += 1
-    return count
+    @property
+    def n_components_(self) -> int:
+        return int(self.components.shape[0])
+
+    @classmethod
+    def from_moments(cls, moments: FeatureMoments, variance: float) -> LinearPCA:
+        """Keep the fewest components that explain at least ``variance`` (in (0, 1])."""
+        if not 0 < variance <= 1:
+            raise ValueError(f"variance must be in (0, 1]; got {variance}")
+        values, vectors = np.linalg.eigh(moments.covariance)
+        order = np.argsort(values)[::-1]
+        values = np.maximum(values[order], 0.0)
+        vectors = vectors[:, order].T
+        total = values.sum()
+        ratio = values / total if total > 0 else np.full(values.size, 1.0 / values.size)
+        p = int(np.searchsorted(np.cumsum(ratio), variance - 1e-12) + 1)
+        p = min(max(p, 1), values.size)
+        comps = vectors[:p]
+        signs = np.sign(comps[np.arange(p), np.argmax(np.abs(comps), axis=1)])
+        comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
+        return cls(moments.mean.copy(), comps, values[:p], ratio[:p])
+
+    def transform(self, features: npt.ArrayLike) -> F32:
+        """PCA coordinates (n, p) float32 of features (n, d)."""
+        x = np.asarray(features, dtype=np.float64)
+        return np.asarray((x - self.mean) @ self.components.T, dtype=np.float32)
 
 
-def _umap(**kwargs: Any) -> Any:
-    _set_numba_cache()
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # umap warns at import about optional tensorflow
-        import umap
-    _enable_numba_caching()
-    return umap.UMAP(**kwargs)
+def gmm_from_arrays(
+    weights: npt.ArrayLike, means: npt.ArrayLike, covariances: npt.ArrayLike
+) -> GaussianMixture:
+    """A fitted full-covariance :class:`~sklearn.mixture.GaussianMixture` from its arrays."""
+    w = np.asarray(weights, dtype=np.float64)
+    mu = np.asarray(means, dtype=np.float64)
+    cov = np.asarray(covariances, dtype=np.float64)
+    k, d = mu.shape
+    if w.shape != (k,) or cov.shape != (k, d, d):
+        raise ValueError(
+            f"mixture arrays do not match: weights {w.shape}, means {mu.shape}, "
+            f"covariances {cov.shape}"
+        )
+    gmm = GaussianMixture(k, covariance_type="full")
+    gmm.weights_, gmm.means_, gmm.covariances_ = w, mu, cov
+    chol = np.empty_like(cov)
+    for c in range(k):
+        lower = np.linalg.cholesky(cov[c])
+        chol[c] = scipy.linalg.solve_triangular(lower, np.eye(d), lower=True).T
+    gmm.precisions_cholesky_ = chol
+    gmm.precisions_ = np.einsum("kij,klj->kil", chol, chol)
+    gmm.converged_, gmm.n_iter_, gmm.lower_bound_ = True, 0, -np.inf
+    gmm.n_features_in_ = d
+    return gmm
 
 
 def choose_n_classes(
@@ -105,7 +196,6 @@ def choose_n_classes(
     max_points : int
         BIC is evaluated on a random subsample of at most this many points (the
         choice is stable well below that, and it bounds the cost on 10^6 particles).
-
     tolerance : float
         The largest candidate whose BIC is within ``tolerance`` of the lowest is
         chosen (0: the lowest BIC).
@@ -117,14 +207,15 @@ def choose_n_classes(
     bic : dict
         BIC of every candidate.
     """
+    from tqdm.auto import tqdm
+
     x = np.asarray(embedding, dtype=np.float64)
     rng = np.random.default_rng(random_state)
     if x.shape[0] > max_points:
         x = x[rng.choice(x.shape[0], max_points, replace=False)]
     bic: dict[int, float] = {}
-    for k in candidates:
-        if k > x.shape[0]:
-            continue
+    usable = [k for k in candidates if k <= x.shape[0]]
+    for k in tqdm(usable, desc="classes (BIC)", unit="K", disable=None, leave=False):
         gmm = GaussianMixture(
             k, covariance_type="full", random_state=random_state, n_init=1, reg_covar=1e-4
         )
@@ -140,6 +231,27 @@ def choose_n_classes(
     return best, bic
 
 
+def fit_mixture(
+    embedding: npt.ArrayLike, n_classes: int, random_state: int | None
+) -> GaussianMixture:
+    """A full-covariance Gaussian mixture of map positions (n, 2), components numbered by
+    decreasing size (so that class 1 is the largest)."""
+    x = np.asarray(embedding, dtype=np.float64)
+    gmm = GaussianMixture(
+        n_classes, covariance_type="full", random_state=random_state, n_init=2, reg_covar=1e-4
+    ).fit(x)
+    raw = gmm.predict(x)
+    order = np.argsort(-np.bincount(raw, minlength=n_classes), kind="stable")
+    return _permute_gmm(gmm, order)
+
+
+def _permute_gmm(gmm: GaussianMixture, order: npt.NDArray[np.intp]) -> GaussianMixture:
+    """Reorder the components of a fitted mixture (same model, new numbering)."""
+    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+        setattr(gmm, name, getattr(gmm, name)[order])
+    return gmm
+
+
 class ParticleManifold(BaseEstimator):
     """Embed invariant features in 2-D and vector-quantise them with a Gaussian mixture.
 
@@ -153,29 +265,49 @@ class ParticleManifold(BaseEstimator):
     pca_variance : float
         Fraction of the variance the PCA keeps (the paper's 0.95).
     standardize : bool
-        Scale each feature to unit variance before PCA (features of very different
-        magnitudes otherwise let a few low orders dominate).
+        Scale each feature to unit variance before PCA.
     feature_weights : array_like, shape (d,), optional
-        Multiply each (standardised) feature by this weight before PCA, to give a
-        feature more or less say in the map (1 for all by default).
+        Multiply each (scaled) feature by this weight before PCA, to give a feature
+        more or less say in the map (1 for all by default).
+    match_scale_columns : sequence of int
+        Columns centred and scaled to the RMS standard deviation of the other
+        (scaled) columns before the weights, so that their weight is relative to a
+        typical feature whether or not the features are standardised (the pipeline's
+        log-contrast column).
     n_neighbors, min_dist : int, float
         UMAP parameters.
+    fit_sample : int, optional
+        Fit UMAP and the mixture on at most this many randomly chosen rows (seeded);
+        the PCA always uses every row. None: all rows.
+    reference_size : int, optional
+        Keep at most this many of the fitted points as the map's reference for
+        :meth:`transform` (a seeded subsample); None: all. The reference is what a
+        saved model stores, so this bounds the model file.
+    transform_epochs : int
+        Layout epochs of :meth:`transform` after the weighted-mean placement (0: none,
+        exactly reproducible per particle).
     random_state : int, optional
-        Seed for PCA, UMAP and the mixture; with a seed the result is reproducible
-        (UMAP then runs single-threaded).
+        Seed for the subsamples, UMAP and the mixture; with a seed the result is
+        reproducible (UMAP then runs single-threaded).
 
     Attributes
     ----------
-    scaler_ : StandardScaler or None
-    pca_ : PCA
-    umap_ : umap.UMAP
+    shift_, scale_ : ndarray, shape (d,), float64
+        Features are mapped to ``(x - shift_) * scale_`` before the PCA.
+    pca_ : LinearPCA
+    reference_ : UMAPReference
     gmm_ : GaussianMixture
     n_classes_ : int
     bic_ : dict
         BIC of every candidate number of classes (empty when ``n_classes`` was given).
+    sample_ : ndarray of int64, shape (m,)
+        Rows of ``X`` that UMAP and the mixture were fitted on (all rows when
+        ``fit_sample`` is None or not smaller than ``n``).
     embedding_ : ndarray, shape (n, 2), float32
-    labels_ : ndarray, shape (n,), int
-        0-based classes, numbered by decreasing size.
+        Map positions of the rows of ``X``: the UMAP fit for the sampled rows,
+        :meth:`transform` for the others.
+    labels_ : ndarray, shape (n,), int64
+        0-based classes, numbered by decreasing size on the fitted rows.
     probabilities_ : ndarray, shape (n,), float32
         Posterior probability of each particle's class.
     membership_ : ndarray, shape (n, K), float64
@@ -190,8 +322,12 @@ class ParticleManifold(BaseEstimator):
         pca_variance: float = 0.95,
         standardize: bool = True,
         feature_weights: npt.ArrayLike | None = None,
+        match_scale_columns: Sequence[int] = (),
         n_neighbors: int = 15,
         min_dist: float = 0.1,
+        fit_sample: int | None = None,
+        reference_size: int | None = None,
+        transform_epochs: int = 0,
         random_state: int | None = None,
     ) -> None:
         self.n_classes = n_classes
@@ -199,8 +335,12 @@ class ParticleManifold(BaseEstimator):
         self.pca_variance = pca_variance
         self.standardize = standardize
         self.feature_weights = feature_weights
+        self.match_scale_columns = match_scale_columns
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
+        self.fit_sample = fit_sample
+        self.reference_size = reference_size
+        self.transform_epochs = transform_epochs
         self.random_state = random_state
 
     # -- fitting -----------------------------------------------------------------
@@ -211,8 +351,44 @@ class ParticleManifold(BaseEstimator):
         ks = [k for k in (2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 50) if k <= upper]
         return ks or [2]
 
-    def fit(self, X: npt.ArrayLike, y: None = None) -> ParticleManifold:
-        """Fit scaler, PCA, UMAP and the mixture to features ``X`` of shape (n, d)."""
+    def _affine(self, moments: FeatureMoments) -> tuple[F64, F64]:
+        """Feature shift and scale from the moments of the raw features."""
+        d = moments.mean.size
+        var = np.diag(moments.covariance).copy()
+        std = np.sqrt(np.maximum(var, 0.0))
+        shift = np.zeros(d)
+        scale = np.ones(d)
+        if self.standardize:
+            shift = moments.mean.copy()
+            scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0)
+        matched = np.asarray(sorted({int(c) % d for c in self.match_scale_columns}), dtype=np.intp)
+        if matched.size:
+            others = np.setdiff1d(np.arange(d), matched)
+            typical = (
+                float(np.sqrt(np.mean(var[others] * scale[others] ** 2))) if others.size else 1.0
+            )
+            shift[matched] = moments.mean[matched]
+            scale[matched] = typical / np.where(std[matched] > 0, std[matched], 1.0)
+        if self.feature_weights is not None:
+            w = np.asarray(self.feature_weights, dtype=np.float64)
+            if w.shape != (d,):
+                raise ValueError(f"feature_weights has shape {w.shape}; expected ({d},)")
+            scale = scale * w
+        return shift, scale
+
+    def fit(
+        self, X: npt.ArrayLike, y: None = None, *, moments: FeatureMoments | None = None
+    ) -> ParticleManifold:
+        """Fit the scaling, PCA, UMAP and the mixture to features ``X`` of shape (n, d).
+
+        Parameters
+        ----------
+        X : array_like, shape (n, d)
+            Features; all rows, or (with ``moments``) a sample of them.
+        moments : FeatureMoments, optional
+            Moments of the raw features of *all* particles (streamed by the caller):
+            the scaling and the PCA come from them instead of from ``X``.
+        """
         x = np.asarray(X, dtype=np.float32)
         if x.ndim != 2 or x.shape[0] < 3:
             raise ValueError(f"features must have shape (n >= 3, d); got {x.shape}")
@@ -220,111 +396,91 @@ class ParticleManifold(BaseEstimator):
             raise ValueError("features contain NaN or inf; drop those particles first")
         if self.n_classes is not None and not 1 <= self.n_classes <= x.shape[0]:
             raise ValueError(f"n_classes={self.n_classes} must be between 1 and {x.shape[0]}")
-        self.scaler_ = StandardScaler().fit(x) if self.standardize else None
-        xs = self._scale(x)
-        self.pca_ = PCA(
-            n_components=self.pca_variance, svd_solver="full", random_state=self.random_state
-        ).fit(xs)
-        xp = self.pca_.transform(xs)
-        n_neighbors = int(min(self.n_neighbors, x.shape[0] - 1))
-        self.umap_ = _umap(
-            n_components=2,
-            n_neighbors=n_neighbors,
-            min_dist=self.min_dist,
-            random_state=self.random_state,
-            init="spectral" if x.shape[0] > 10 else "random",
+        mom = FeatureMoments.of(x) if moments is None else moments
+        if mom.mean.shape != (x.shape[1],):
+            raise ValueError(f"moments are of {mom.mean.size} features; X has {x.shape[1]}")
+        self.shift_, self.scale_ = self._affine(mom)
+        self.pca_ = LinearPCA.from_moments(mom.scaled(self.shift_, self.scale_), self.pca_variance)
+        rng = np.random.default_rng(self.random_state)
+        n = x.shape[0]
+        if self.fit_sample is not None and self.fit_sample < n:
+            self.sample_ = np.sort(rng.choice(n, max(int(self.fit_sample), 3), replace=False))
+        else:
+            self.sample_ = np.arange(n, dtype=np.int64)
+        xp = self.pca_.transform(self._scale(x[self.sample_]))
+        fitted = fit_umap(
+            xp, n_neighbors=self.n_neighbors, min_dist=self.min_dist, random_state=self.random_state
         )
-        with warnings.catch_warnings():
-            # umap says a seed makes it single-threaded; reproducibility is the point here
-            warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
-            emb = np.asarray(self.umap_.fit_transform(xp), dtype=np.float32)
+        emb_sample = fitted.embedding
+        size = self.reference_size
+        self.reference_ = (
+            fitted if size is None else fitted.subsample(size, random_state=self.random_state)
+        )
         if self.n_classes is None:
             k, self.bic_ = choose_n_classes(
-                emb, self._candidates(x.shape[0]), random_state=self.random_state
+                emb_sample, self._candidates(emb_sample.shape[0]), random_state=self.random_state
             )
         else:
             k, self.bic_ = int(self.n_classes), {}
-        gmm = GaussianMixture(
-            k, covariance_type="full", random_state=self.random_state, n_init=2, reg_covar=1e-4
-        ).fit(emb)
-        # Number classes by decreasing size so that class 1 is the largest.
-        raw = gmm.predict(emb)
-        order = np.argsort(-np.bincount(raw, minlength=k), kind="stable")
-        self.gmm_ = _permute_gmm(gmm, order)
+        self.gmm_ = fit_mixture(emb_sample, k, self.random_state)
         self.n_classes_ = k
+        emb = np.empty((n, 2), dtype=np.float32)
+        emb[self.sample_] = emb_sample
+        rest = np.setdiff1d(np.arange(n), self.sample_)
+        if rest.size:
+            emb[rest] = self.transform(x[rest])
         self.embedding_ = emb
         self.membership_ = np.asarray(self.gmm_.predict_proba(emb))
-        self.labels_, self.probabilities_ = self._classify(self.membership_)
+        self.labels_, self.probabilities_ = self.classify(self.membership_)
         log.info(
-            "manifold: %d features -> %d PCA components -> 2-D UMAP -> %d classes",
+            "manifold: %d features -> %d PCA components -> 2-D UMAP (fitted on %d of %d) -> "
+            "%d classes",
             x.shape[1],
             self.pca_.n_components_,
+            self.sample_.size,
+            n,
             k,
         )
         return self
 
     # -- applying ----------------------------------------------------------------
-    def _scale(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        xs = self.scaler_.transform(x) if self.scaler_ is not None else x
-        if self.feature_weights is not None:
-            w = np.asarray(self.feature_weights, dtype=np.float32)
-            if w.shape != (x.shape[1],):
-                raise ValueError(f"feature_weights has shape {w.shape}; expected ({x.shape[1]},)")
-            xs = xs * w
-        return np.asarray(xs, dtype=np.float32)
+    def _scale(self, x: npt.ArrayLike) -> F32:
+        arr = np.asarray(x, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != self.shift_.size:
+            raise ValueError(f"features have shape {arr.shape}; expected (n, {self.shift_.size})")
+        return np.asarray((arr - self.shift_) * self.scale_, dtype=np.float32)
+
+    def pca_coordinates(self, X: npt.ArrayLike) -> F32:
+        """PCA coordinates (n, p) of features (n, d): the space UMAP works in."""
+        check_is_fitted(self, "pca_")
+        return self.pca_.transform(self._scale(X))
 
     @staticmethod
-    def _classify(
+    def classify(
         proba: npt.NDArray[np.float64],
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """Hard labels and the probability of each label from memberships (n, K)."""
         labels = np.argmax(proba, axis=1).astype(np.int64)
         return labels, proba[np.arange(len(labels)), labels].astype(np.float32)
 
-    def transform(self, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """Embed new features (n, d) into the fitted 2-D map."""
-        check_is_fitted(self, "umap_")
-        x = np.asarray(X, dtype=np.float32)
-        xs = self._scale(x)
-        return np.asarray(self.umap_.transform(self.pca_.transform(xs)), dtype=np.float32)
+    def transform(self, X: npt.ArrayLike) -> F32:
+        """Place new features (n, d) into the fitted 2-D map (see :mod:`cryomanifold.embedding`)."""
+        check_is_fitted(self, "reference_")
+        seed = 0 if self.random_state is None else int(self.random_state)
+        return self.reference_.transform(
+            self.pca_coordinates(X), epochs=int(self.transform_epochs), seed=seed
+        )
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """0-based class of new features (n, d)."""
-        return self._classify(self.predict_proba(X))[0]
+        return self.classify(self.predict_proba(X))[0]
 
     def predict_proba(self, X: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Class membership probabilities (n, K) of new features (n, d)."""
         check_is_fitted(self, "gmm_")
         return np.asarray(self.gmm_.predict_proba(self.transform(X)))
 
-    def class_centroids(self) -> npt.NDArray[np.float32]:
+    def class_centroids(self) -> F32:
         """Centre of each class in the embedding, (K, 2): the mixture means."""
         check_is_fitted(self, "gmm_")
         return np.asarray(self.gmm_.means_, dtype=np.float32)
-
-
-def _permute_gmm(gmm: GaussianMixture, order: npt.NDArray[np.intp]) -> GaussianMixture:
-    """Reorder the components of a fitted mixture (same model, new numbering)."""
-    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
-        setattr(gmm, name, getattr(gmm, name)[order])
-    return gmm
-
-
-def save_manifold(manifold: ParticleManifold, path: str | os.PathLike[str]) -> Path:
-    """Save a fitted manifold with joblib (atomic write)."""
-    import joblib
-
-    check_is_fitted(manifold, "gmm_")
-    with atomic_path(path) as tmp:
-        joblib.dump(manifold, tmp)
-    return Path(path)
-
-
-def load_manifold(path: str | os.PathLike[str]) -> ParticleManifold:
-    """Load a manifold written by :func:`save_manifold` (only load files you trust)."""
-    import joblib
-
-    obj = joblib.load(path)
-    if not isinstance(obj, ParticleManifold):
-        raise TypeError(f"{path} does not hold a ParticleManifold")
-    return obj

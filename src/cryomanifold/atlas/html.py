@@ -66,7 +66,10 @@ def _unit_field(table: Any, column: str, n: int) -> npt.NDArray[np.float64] | No
 
 
 def atlas_payload(
-    run_dir: str | os.PathLike[str], *, max_image_box: int = 64
+    run_dir: str | os.PathLike[str],
+    *,
+    max_image_box: int = 64,
+    run_info: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
     """Collect what the page shows from a run folder.
 
@@ -88,7 +91,7 @@ def atlas_payload(
         ``averages`` (K, b, b) uint8, ``examples`` (K*M, b, b) uint8.
     """
     run = Path(run_dir)
-    info = read_run_info(run)
+    info = read_run_info(run) if run_info is None else run_info
     blocks, name = read_particles_star(run)
     table = blocks[name]
     n = len(table)
@@ -235,6 +238,7 @@ def write_atlas_html(
     overwrite: bool = True,
     max_image_box: int = 64,
     compress: bool = False,
+    run_info: dict[str, Any] | None = None,
 ) -> Path:
     """Write the interactive atlas of a run.
 
@@ -250,6 +254,8 @@ def write_atlas_html(
         Largest image side shown, pixels.
     compress : bool
         See :func:`render_atlas_html`.
+    run_info : dict, optional
+        The run's ``run.json`` content, when the run writes the atlas before it.
 
     Returns
     -------
@@ -265,7 +271,7 @@ def write_atlas_html(
     """
     out = Path(out_path) if out_path is not None else Path(run_dir) / "atlas.html"
     check_writable(out, overwrite=overwrite)
-    meta, arrays = atlas_payload(run_dir, max_image_box=max_image_box)
+    meta, arrays = atlas_payload(run_dir, max_image_box=max_image_box, run_info=run_info)
     text = render_atlas_html(meta, arrays, compress=compress)
     with atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -138,6 +138,30 @@ class ParticleStack:
         self.__dict__.update(state)
         self._cache = MemmapCache(self._max_open_files)
 
+    def subset(self, indices: npt.ArrayLike) -> ParticleStack:
+        """A light stack of the given rows, for a task that reads them elsewhere.
+
+        It keeps the files, image indices, pixel size and CTF of those rows only (no
+        .star/.cs tables), so it is small to pickle; its files are opened when read.
+        Row ``i`` of the subset is ``indices[i]`` of this stack.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"{self.path}: subset rows out of range [0, {len(self)})")
+        used, local = np.unique(self._file_index[idx], return_inverse=True)
+        return ParticleStack(
+            path=self.path,
+            kind=self.kind,
+            files=[self._files[u] for u in used],
+            file_names=[self._file_names[u] for u in used],
+            file_index=np.asarray(local, dtype=np.int64).reshape(-1),
+            image_index=self._image_index[idx],
+            box_size=self.box_size,
+            pixel_size_angstrom=self.pixel_size_angstrom,
+            ctf=None if self.ctf is None else self.ctf.subset(idx),
+            max_open_files=self._max_open_files,
+        )
+
     # -- reading -----------------------------------------------------------------------
     def _row_error(self, what: str, row: int, file_id: int) -> ParticleIOError:
         return ParticleIOError(

@@ -1,7 +1,8 @@
-"""Writers of the run folder's files (the output contract in docs/architecture.md).
+"""Stage *outputs*: the run folder's files (the output contract in docs/architecture.md).
 
 Every file is written to a temporary name and renamed, so a crash never leaves a
-half-written file under a contract name.
+half-written file under a contract name; ``run.json`` is written last, as the mark
+of a complete run.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ __all__ = [
     "CLASSES_CSV_COLUMNS",
     "annotation_columns",
     "software_versions",
+    "write_class_files",
     "write_classes_csv",
     "write_json",
     "write_npy",
+    "write_particles",
 ]
 
 #: Columns of classes.csv; the first seven are the stable contract.
@@ -50,6 +53,8 @@ _CS_FIELDS = {
     "cmUMAP1": "cm/umap1",
     "cmUMAP2": "cm/umap2",
     "cmJunkScore": "cm/junk_score",
+    "cmJunk": "cm/junk",
+    "cmJunkReason": "cm/junk_reason",
 }
 
 
@@ -58,6 +63,8 @@ def annotation_columns(
     probabilities: npt.NDArray[np.float32],
     embedding: npt.NDArray[np.float32],
     junk_scores: npt.NDArray[np.float32],
+    junk: npt.NDArray[np.bool_] | None = None,
+    junk_reason: npt.NDArray[np.object_] | None = None,
 ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[Any]]]:
     """The per-particle columns added to particles.star and particles.cs.
 
@@ -67,6 +74,10 @@ def annotation_columns(
         0-based classes, -1 for skipped particles (written as class 0).
     probabilities, junk_scores : ndarray, shape (n,)
     embedding : ndarray, shape (n, 2)
+    junk : ndarray of bool, shape (n,), optional
+        The per-particle junk call (``_cmJunk``, 1 junk, 0 not).
+    junk_reason : ndarray of str, shape (n,), optional
+        The sign that fired (``_cmJunkReason``; empty when not junk).
 
     Returns
     -------
@@ -80,7 +91,14 @@ def annotation_columns(
         "cmUMAP2": embedding[:, 1],
         "cmJunkScore": junk_scores,
     }
+    if junk is not None:
+        star["cmJunk"] = np.asarray(junk, dtype=np.int64)
+    if junk_reason is not None:
+        # RELION wants a token per cell: "-" for no reason
+        star["cmJunkReason"] = np.array([str(r) or "-" for r in junk_reason], dtype=object)
     cs = {_CS_FIELDS[name]: values for name, values in star.items()}
+    if "cm/junk_reason" in cs:
+        cs["cm/junk_reason"] = np.asarray(star["cmJunkReason"], dtype="S24")
     return star, cs
 
 
@@ -137,3 +155,41 @@ def software_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "unknown"
     return out
+
+
+def write_particles(
+    folder: Path,
+    stack: Any,
+    labels: npt.NDArray[np.int64],
+    probabilities: npt.NDArray[np.float32],
+    embedding: npt.NDArray[np.float32],
+    junk_scores: npt.NDArray[np.float32],
+    junk: npt.NDArray[np.bool_],
+    junk_reason: npt.NDArray[np.object_],
+) -> None:
+    """particles.star (and particles.cs for a .cs input) with the run's columns."""
+    from cryomanifold.io import write_cs, write_star
+
+    star_columns, cs_fields = annotation_columns(
+        labels, probabilities, embedding, junk_scores, junk, junk_reason
+    )
+    write_star(folder / "particles.star", stack, star_columns, overwrite=True)
+    if stack.kind == "cs":
+        write_cs(folder / "particles.cs", stack, cs_fields, overwrite=True)
+
+
+def write_class_files(
+    folder: Path,
+    averages: npt.NDArray[np.float32],
+    examples: npt.NDArray[np.float32],
+    pixel_size_angstrom: float,
+    sizes: npt.NDArray[np.int64],
+    centroids: npt.NDArray[np.float32],
+    junk: JunkAssessment,
+) -> None:
+    """class_averages.mrcs, class_examples.mrcs and classes.csv."""
+    from cryomanifold.io import write_mrcs
+
+    write_mrcs(folder / "class_averages.mrcs", averages, pixel_size_angstrom, overwrite=True)
+    write_mrcs(folder / "class_examples.mrcs", examples, pixel_size_angstrom, overwrite=True)
+    write_classes_csv(folder / "classes.csv", sizes, centroids, junk)

@@ -1,0 +1,171 @@
+"""The staged pipeline: resume, recluster, the folder lock, and the Dask schedulers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+
+import cryomanifold.stages.averages as averages_stage
+import cryomanifold.stages.features as features_stage
+from cryomanifold.pipeline import Execution, RunConfig, RunFolderError, recluster, run
+from cryomanifold.stages.folder import RunFolder
+from synthetic import blob_dataset, write_relion
+
+CFG = RunConfig(seed=3, batch_size=64, progress=False, atlas=False, n_classes=4, max_members=40)
+
+
+class Injected(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    images, truth, _ = blob_dataset(n_per_species=90, n_junk=60, noise=0.5, seed=5)
+    return write_relion(tmp_path_factory.mktemp("proj"), images, truth)
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    # several chunks of one batch each, so that a run can stop between chunks
+    monkeypatch.setattr(features_stage, "CHUNK_BYTES", 1)
+
+
+def _digest(out: Path) -> dict[str, str]:
+    """What must be identical between two runs: classes, map, junk, averages, model."""
+    parts = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    cols = ["rlnClassNumber", "cmClassProbability", "cmUMAP1", "cmUMAP2", "cmJunkScore", "cmJunk"]
+    out_d = {c: hashlib.sha256(parts[c].to_numpy().tobytes()).hexdigest() for c in cols}
+    with mrcfile.open(out / "class_averages.mrcs") as m:
+        out_d["averages"] = hashlib.sha256(np.ascontiguousarray(m.data).tobytes()).hexdigest()
+    for name in ("features.npy", "embedding.npy", "classes.csv", "model/reference_embedding.npy"):
+        out_d[name] = hashlib.sha256((out / name).read_bytes()).hexdigest()
+    return out_d
+
+
+@pytest.fixture(scope="module")
+def reference_run(project, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(features_stage, "CHUNK_BYTES", 1)
+        run(project, out, CFG)
+    return out
+
+
+def _fail_on(monkeypatch, module, name, when):
+    real = getattr(module, name)
+
+    def wrapper(task, settings):
+        if when(task):
+            raise Injected(f"injected failure in {name}")
+        return real(task, settings)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def test_resume_after_failure_mid_features(project, reference_run, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    seen: list[int] = []
+    # the fourth chunk to start fails (dask chooses the order)
+    _fail_on(
+        monkeypatch,
+        features_stage,
+        "featurize_chunk",
+        lambda t: len(seen) == 3 or seen.append(t.start),
+    )
+    with pytest.raises(Injected):
+        run(project, out, CFG)
+    assert not (out / "run.json").exists()  # clearly incomplete
+    written = sorted(p.name for p in (out / "stages" / "features").glob("chunk_*.npz"))
+    n_chunks = len(json.loads((out / "stages" / "state.json").read_text())["chunks"])
+    assert n_chunks == 4 and 0 < len(written) < n_chunks
+    monkeypatch.undo()
+    monkeypatch.setattr(features_stage, "CHUNK_BYTES", 1)
+    calls = []
+    real = features_stage.featurize_chunk
+    monkeypatch.setattr(
+        features_stage, "featurize_chunk", lambda t, s: calls.append(t.start) or real(t, s)
+    )
+    run(project, out, CFG, resume=True)
+    done = {int(w[6:16]) for w in written}
+    assert calls and not done & set(calls)  # only the chunks not written before
+    assert len(done) + len(calls) == n_chunks
+    assert _digest(out) == _digest(reference_run)
+
+
+def test_resume_after_failure_mid_averages(project, reference_run, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _fail_on(monkeypatch, averages_stage, "average_class", lambda t: t.label == 2)
+    with pytest.raises(Injected):
+        run(project, out, CFG)
+    state = json.loads((out / "stages" / "state.json").read_text())
+    assert set(state["stages"]) == {"features", "fit", "embed"}
+    monkeypatch.undo()
+    monkeypatch.setattr(features_stage, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(features_stage, "run_features", _must_not_run)
+    run(project, out, CFG, resume=True)
+    assert _digest(out) == _digest(reference_run)
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the feature stage was entered")
+
+
+def test_resume_refuses_other_options_and_missing_runs(project, reference_run, tmp_path):
+    with pytest.raises(RunFolderError, match="n_classes"):
+        run(project, reference_run, RunConfig(**{**CFG.as_dict(), "n_classes": 5}), resume=True)
+    with pytest.raises(RunFolderError, match="no interrupted run"):
+        run(project, tmp_path / "new", CFG, resume=True)
+
+
+def test_recluster_reuses_features_and_map(reference_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(features_stage, "run_features", _must_not_run)
+    out = tmp_path / "k2"
+    res = recluster(reference_run, out, 2)
+    assert json.loads((out / "run.json").read_text())["n_classes"] == 2
+    assert set(np.unique(res.labels)) == {0, 1}
+    np.testing.assert_array_equal(
+        np.load(out / "embedding.npy"), np.load(reference_run / "embedding.npy")
+    )
+    assert (out / "features.npy").read_bytes() == (reference_run / "features.npy").read_bytes()
+
+
+def test_lock_refuses_a_second_writer(project, tmp_path):
+    out = tmp_path / "run"
+    with RunFolder(out).locked(), pytest.raises(RunFolderError, match="in use"):
+        run(project, out, CFG, overwrite=True)
+    run(project, out, CFG, overwrite=True)  # free again once the holder is done
+    assert (out / "run.json").is_file()
+
+
+def test_overwrite_removes_stale_files_but_not_others(project, reference_run, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "atlas.html").write_text("stale")
+    (out / ".map.png.abc.tmp.png").write_text("leftover")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        run(project, out, CFG)
+    run(project, out, CFG, overwrite=True)
+    assert not (out / "atlas.html").exists()  # atlas=False in CFG: the stale one is gone
+    assert not list(out.glob(".*.tmp*"))
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_refuses_an_input_inside_its_own_outputs(project, tmp_path):
+    out = project.parent
+    with pytest.raises(RunFolderError, match="inside the output folder"):
+        run(project, out, CFG, overwrite=True)
+
+
+def test_local_cluster_equals_threads(project, reference_run, tmp_path):
+    pytest.importorskip("distributed")
+    out = tmp_path / "run"
+    run(project, out, CFG, execution=Execution(workers=2))
+    assert json.loads((out / "run.json").read_text())["execution"]["kind"] == "local-cluster"
+    assert _digest(out) == _digest(reference_run)
