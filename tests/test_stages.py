@@ -135,6 +135,19 @@ def test_recluster_reuses_features_and_map(reference_run, tmp_path, monkeypatch)
     assert (out / "features.npy").read_bytes() == (reference_run / "features.npy").read_bytes()
 
 
+def test_cli_recluster_and_resume_of_a_finished_run(reference_run, project, tmp_path, capsys):
+    from cryomanifold.cli import main as cli_main
+
+    out = tmp_path / "k3"
+    assert cli_main(["recluster", str(reference_run), "--classes", "3", "--out", str(out)]) == 0
+    assert "-> 3 classes" in capsys.readouterr().out
+    # resuming a complete run redoes only the outputs, with the same classes
+    before = _digest(out)
+    assert cli_main(["run", str(project), "--out", str(out), "--resume", "--quiet"]) == 1
+    assert "started with other options" in capsys.readouterr().err  # n_classes differs
+    assert _digest(out) == before
+
+
 def test_lock_refuses_a_second_writer(project, tmp_path):
     out = tmp_path / "run"
     with RunFolder(out).locked(), pytest.raises(RunFolderError, match="in use"):

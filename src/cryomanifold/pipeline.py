@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cryomanifold._atomic import check_output_dir
+from cryomanifold.parallel import limit_threads
 from cryomanifold.stages.config import RunConfig
 from cryomanifold.stages.folder import RUN_OUTPUTS, RunFolder, RunFolderError
 
@@ -163,7 +164,9 @@ def run(
                 folder.clear()
                 folder.start(source, cfg)
             folder.output("run.json").unlink(missing_ok=True)  # incomplete until written
-            return _run_stages(folder, stack, source, cfg, execution or Execution(), t_start)
+            execution = execution or Execution()
+            with limit_threads(execution.threads):
+                return _run_stages(folder, stack, source, cfg, execution, t_start)
     finally:
         stack.close()
 
@@ -422,7 +425,9 @@ def recluster(
             save_model(folder.model_dir, manifold, settings=model.settings, info=model.info)
             folder.mark_done("fit", summary)
             folder.mark_done("embed", {"reused_map": True, "seconds": 0.0})
-            return _run_stages(folder, stack, source, cfg, execution or Execution(), t_start)
+            execution = execution or Execution()
+            with limit_threads(execution.threads):
+                return _run_stages(folder, stack, source, cfg, execution, t_start)
     finally:
         stack.close()
 

@@ -17,6 +17,7 @@ __all__ = ["COMMANDS", "main"]
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("cryomanifold.cli.run", "classify a particle stack (.star, .cs or .mrcs)"),
+    "recluster": ("cryomanifold.cli.recluster", "another number of classes on a run's map"),
     "simulate": ("cryomanifold.cli.simulate", "simulate particles from atomic models"),
     "demo": ("cryomanifold.cli.demo", "simulate a small dataset and classify it"),
     "export": ("cryomanifold.cli.export", "write a selection of a run as .star / .cs"),

@@ -3,41 +3,67 @@
 Usage::
 
     cryomanifold run particles.star --out cm_run [--box 64] [--classes K] [--seed 0]
+    cryomanifold run particles.star --out cm_run --resume      # continue an interrupted run
 
 INPUT is a RELION .star (3.0 or 3.1+), a cryoSPARC .cs, or a bare .mrcs stack.
 The output folder receives particles.star (every input row plus the class,
-probability, UMAP coordinates and junk score), class_averages.mrcs, classes.csv,
-features.npy, embedding.npy, map.png, atlas.html and run.json.
+probability, UMAP coordinates and junk call), class_averages.mrcs, classes.csv,
+features.npy, embedding.npy, map.png, atlas.html, the fitted model (model/) and
+run.json, written last.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["build_parser", "main"]
+from cryomanifold.cli._common import (
+    HelpFormatter,
+    add_execution_options,
+    apply_thread_limit,
+    execution_from_args,
+)
 
-log = logging.getLogger("cryomanifold")
+if TYPE_CHECKING:
+    from cryomanifold.pipeline import RunResult
+
+__all__ = ["build_parser", "main", "summary_line"]
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else ("es" if word.endswith("s") else "s"))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cryomanifold run``."""
     p = argparse.ArgumentParser(
         prog="cryomanifold run",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=HelpFormatter,
     )
     p.add_argument("input", type=Path, help="particles: .star, .cs or .mrcs")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--box", type=int, default=64, help="box side after Fourier cropping, pixels")
     p.add_argument(
-        "--classes", type=int, default=None, help="number of classes (default: chosen by BIC)"
+        "--classes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="number of classes to make (default: chosen by BIC)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--batch-size", type=int, default=1024, help="particles per batch")
+    p.add_argument(
+        "--fit-sample",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="fit the map on at most N particles (a seeded sample) and place the others "
+        "into it; 0 fits on all",
+    )
+    p.add_argument("--batch-size", type=int, default=1024, help="particles per FFT batch")
     p.add_argument(
         "--max-members",
         type=int,
@@ -49,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="ANGSTROM",
-        help="expected particle diameter in Å (for the junk score)",
+        help="expected particle diameter in Å (for the junk measures)",
     )
     p.add_argument("--n-max", type=int, default=None, help="highest Zernike order of the features")
     p.add_argument(
@@ -64,25 +90,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding the particle stacks, if they are not where the .star/.cs says "
         "(relative to its folder or a parent)",
     )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace the files of an earlier run in --out"
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="remove the files of an earlier run in --out and start afresh (other files stay)",
+    )
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out (same input and options)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_execution_options(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryomanifold run`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
-    from cryomanifold.pipeline import RunConfig, run
+    from cryomanifold.pipeline import RunConfig, RunFolderError, run
 
     feature_options = {} if args.n_max is None else {"n_max": args.n_max}
     try:
+        apply_thread_limit(args.threads)
         cfg = RunConfig(
             box=args.box,
             n_classes=args.classes,
             seed=args.seed,
             batch_size=args.batch_size,
+            fit_sample=args.fit_sample or None,
             max_members=args.max_members,
             particle_diameter_angstrom=args.particle_diameter,
             phase_flip=not args.no_phase_flip,
@@ -90,22 +127,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.quiet,
             feature_options=feature_options,
         )
-        result = run(args.input, args.out, cfg, overwrite=args.overwrite, datadir=args.datadir)
-    except (OSError, ValueError) as exc:
+        result = run(
+            args.input,
+            args.out,
+            cfg,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            datadir=args.datadir,
+            execution=execution_from_args(args),
+        )
+    except (OSError, ValueError, RunFolderError) as exc:
         print(f"cryomanifold run: error: {exc}", file=sys.stderr)
         return 1
-    n = len(result.labels)
-    n_junk = int(result.class_junk.sum())
-    junk_particles = int(
-        sum(
-            (result.labels == k).sum()
-            for k in range(len(result.class_junk))
-            if result.class_junk[k]
-        )
-    )
-    print(
-        f"{n} particles -> {len(result.class_junk)} classes ({n_junk} junk classes, "
-        f"{junk_particles} junk particles, {result.n_skipped} skipped) in "
-        f"{result.timings_s['total']:.1f} s; results in {result.out_dir}"
-    )
+    print(summary_line(result))
     return 0
+
+
+def summary_line(result: RunResult) -> str:
+    """One line for the terminal: particles, classes, junk, time, folder."""
+    import numpy as np
+
+    labels, class_junk = result.labels, result.class_junk
+    junk = result.junk if result.junk is not None else class_junk[labels]
+    n_junk = int(np.sum(junk[labels >= 0]))
+    return (
+        f"{len(labels)} particles -> {_count(len(class_junk), 'class')} "
+        f"({_count(int(class_junk.sum()), 'junk class')}; {n_junk} junk particles; "
+        f"{result.n_skipped} skipped) in {result.timings_s['total']:.1f} s; "
+        f"results in {result.out_dir}"
+    )
