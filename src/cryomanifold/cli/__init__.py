@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cryomanifold.cli.demo", "simulate a small dataset and classify it"),
     "export": ("cryomanifold.cli.export", "write a selection of a run as .star / .cs"),
     "atlas": ("cryomanifold.cli.atlas", "write the interactive atlas.html of a run"),
+    "relion-external": ("cryomanifold.cli.relion_external", "run as a RELION External job"),
 }
 
 

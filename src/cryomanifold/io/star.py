@@ -28,7 +28,7 @@ from cryomanifold.io.mrc import ParticleIOError
 if TYPE_CHECKING:
     from cryomanifold.io.stack import ParticleStack
 
-__all__ = ["StarData", "parse_image_names", "read_star", "write_star"]
+__all__ = ["StarData", "decimal_float32", "parse_image_names", "read_star", "write_star"]
 
 logger = logging.getLogger(__name__)
 
@@ -316,6 +316,8 @@ def add_columns(
     for raw_name, values in extra.items():
         name = raw_name.lstrip("_")
         arr = np.asarray(values)
+        if arr.dtype == np.float32:
+            arr = decimal_float32(arr)  # 0.9736784, not 0.973678410053253
         if arr.shape != (len(out),):
             raise ValueError(
                 f"{path}: column {name!r} has shape {arr.shape}; expected "
@@ -364,7 +366,60 @@ def _built_blocks(stack: ParticleStack, out_dir: Path) -> dict[str, pd.DataFrame
     optics["rlnImagePixelSize"] = stack.pixel_size_angstrom
     optics["rlnImageSize"] = stack.box_size
     optics["rlnImageDimensionality"] = 2
+    if stack.cs_records is not None:
+        _add_coordinates(particles, stack.cs_records)
+    for table in (optics, particles):  # .cs and MRC headers store float32
+        for column in table.columns:
+            if table[column].dtype == np.float64:
+                table[column] = decimal_float32(table[column].to_numpy())
     return {"optics": optics, "particles": particles}
+
+
+def _add_coordinates(particles: pd.DataFrame, records: np.ndarray) -> None:
+    """``rlnCoordinateX/Y`` (micrograph pixels) from cryoSPARC's ``location/*`` fields."""
+    names = records.dtype.names or ()
+    needed = ("location/center_x_frac", "location/center_y_frac", "location/micrograph_shape")
+    if not all(n in names for n in needed):
+        return
+    shape = np.asarray(records["location/micrograph_shape"]).reshape(len(records), -1)
+    if shape.shape[1] != 2:
+        return
+    particles["rlnCoordinateX"] = records["location/center_x_frac"] * shape[:, 1].astype(float)
+    particles["rlnCoordinateY"] = records["location/center_y_frac"] * shape[:, 0].astype(float)
+
+
+def decimal_float32(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Float32 values as the float64 of their shortest decimal text (1.4, not 1.39999997615814).
+
+    Values that are not exactly representable in float32 are returned unchanged, so
+    float64 data keeps its precision. ``np.float32(result) == np.float32(values)``.
+
+    Parameters
+    ----------
+    values : array_like, shape (n,)
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    x = np.array(values, dtype=np.float64)
+    exact = np.isfinite(x) & (x != 0)
+    exact[exact] = x[exact].astype(np.float32).astype(np.float64) == x[exact]
+    v = x[exact]
+    target = v.astype(np.float32)
+    power = np.floor(np.log10(np.abs(v)))
+    done = np.zeros(v.shape, dtype=bool)
+    for digits in range(1, 10):  # 9 significant digits always give back a float32
+        k = digits - 1 - power
+        scale = 10.0 ** np.abs(k)
+        y = np.where(k >= 0, np.round(v * scale) / scale, np.round(v / scale) * scale)
+        hit = ~done & (y.astype(np.float32) == target)
+        v[hit] = y[hit]
+        done |= hit
+        if done.all():
+            break
+    x[exact] = v
+    return x
 
 
 def write_star(
