@@ -7,6 +7,7 @@ that brings the run back into a cryoSPARC project calls.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,9 @@ def test_cryosparc_tools_loads_particles_and_templates(cs_run: dict[str, Any]) -
     templates = dataset.Dataset.load(files.templates)
     assert templates.prefixes() == ["blob"] and len(templates) == K
     assert templates["blob/idx"].tolist() == list(range(K))
+    # the README's lines: point blob/path into the External job's folder, save
+    templates["blob/path"] = ["J42/templates.mrc"] * len(templates)
+    buffer = io.BytesIO()
+    templates.save(buffer)
+    buffer.seek(0)
+    assert set(dataset.Dataset.load(buffer)["blob/path"]) == {"J42/templates.mrc"}

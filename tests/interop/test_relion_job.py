@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,48 @@ def test_failures_end_with_the_failure_file(
     assert message in capsys.readouterr().err
     assert (tmp_path / "External/job002" / EXIT_FAILURE).is_file()
     assert not (tmp_path / "External/job002" / EXIT_SUCCESS).exists()
+
+
+def test_success_writes_relion_files_nodes_and_exit_file(
+    relion_project: Path, make_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's own logic, with a fake run standing in for the pipeline."""
+    import cryomanifold.pipeline as pipeline
+
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_run(input_path: Any, out_dir: Any, config: Any, *, overwrite: bool) -> Any:
+        calls.append((input_path, out_dir, config, overwrite))
+        run = make_run(Path(out_dir), n_particles=60, n_classes=3)
+        labels = run["labels"] - 1
+        return SimpleNamespace(labels=labels, class_junk=np.array([False, True, False]))
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    monkeypatch.chdir(relion_project)
+    (relion_project / "External/job007").mkdir(parents=True)
+    (relion_project / "External/job007/job.star").write_text("RELION's own file\n")
+    args = ["--o", "External/job007/", "--in_parts", "Extract/job001/particles.star"]
+    code = cli_main(["relion-external", *args, "--j", "3", "--classes", "3", "--box", "48"])
+    assert code == 0
+    (input_path, out_dir, config, overwrite) = calls[0]
+    assert Path(out_dir) == Path("External/job007/")
+    assert str(input_path) == "Extract/job001/particles.star" and overwrite
+    assert config.n_classes == 3 and config.box == 48 and not config.progress
+    job = relion_project / "External/job007"
+    assert (job / EXIT_SUCCESS).is_file() and not (job / EXIT_FAILURE).exists()
+    assert (job / "job.star").read_text() == "RELION's own file\n"
+    nodes = starfile.read(job / "RELION_OUTPUT_NODES.star", always_dict=True)["output_nodes"]
+    assert nodes["rlnPipeLineNodeName"].tolist() == [
+        "External/job007/run_it000_data.star",
+        "External/job007/run_it000_optimiser.star",
+    ]  # a pipeline without nodes yet: both columns, no model node
+    assert set(nodes.columns) == {
+        "rlnPipeLineNodeName",
+        "rlnPipeLineNodeType",
+        "rlnPipeLineNodeTypeLabel",
+    }
+    model = starfile.read(job / "run_it000_model.star", always_dict=True)["model_classes"]
+    assert model["rlnReferenceImage"][0] == "000001@External/job007/class_averages.mrcs"
 
 
 # ---------------------------------------------------------------- RELION's pipeliner

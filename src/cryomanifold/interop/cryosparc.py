@@ -44,16 +44,17 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from cryomanifold._atomic import atomic_path
 from cryomanifold.atlas.runfolder import (
     CS_FIELDS,
+    RESOLUTION_COLUMN,
     read_class_images,
     read_classes,
     read_particles_cs,
     read_run_info,
 )
-from cryomanifold.interop.relion import RESOLUTION_COLUMN
 
 __all__ = [
     "CLASS_FIELDS",
@@ -250,7 +251,7 @@ def write_cryosparc_classification(run_dir: str | os.PathLike[str]) -> Cryosparc
     pixel = float(info.get("pixel_size_angstrom") or 1.0)
     res = np.full(n_templates, np.nan)
     if RESOLUTION_COLUMN in classes.columns:
-        res[:k] = np.asarray(classes[RESOLUTION_COLUMN], dtype=np.float64)
+        res[:k] = pd.to_numeric(classes[RESOLUTION_COLUMN], errors="coerce").to_numpy(float)
     names = records.dtype.names or ()
     sign = float(np.median(records["blob/sign"])) if "blob/sign" in names else -1.0
     templates = templates_dataset(

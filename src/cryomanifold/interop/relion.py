@@ -31,7 +31,7 @@ real ``relion_refine`` model, and ``_rlnAccuracyRotations`` /
 (``relion_class_ranker``, RELION 4/5) computes its features from those and from
 the refinement's own optimiser state; filling them with invented numbers would let
 it run but rank classes on made-up inputs, so it is not supported (see
-docs/relion.md).
+docs/interop.md).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import pandas as pd
 from cryomanifold._atomic import atomic_path
 from cryomanifold.atlas.runfolder import (
     CLASS_COLUMN,
+    RESOLUTION_COLUMN,
     read_class_images,
     read_classes,
     read_particles_star,
@@ -71,8 +72,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: classes.csv column with the per-class FRC resolution in Å (optional).
-RESOLUTION_COLUMN = "resolution_angstrom"
 #: ``_rlnEstimatedResolution`` of a class without an estimate (RELION's own "none").
 NO_RESOLUTION = 999.0
 #: Folder (in the run folder) for ``.mrcs`` links to ``.mrc`` stacks.

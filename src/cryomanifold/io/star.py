@@ -404,7 +404,8 @@ def decimal_float32(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """
     x = np.array(values, dtype=np.float64)
     exact = np.isfinite(x) & (x != 0)
-    exact[exact] = x[exact].astype(np.float32).astype(np.float64) == x[exact]
+    with np.errstate(over="ignore"):  # beyond the float32 range: not a float32 value
+        exact[exact] = x[exact].astype(np.float32).astype(np.float64) == x[exact]
     v = x[exact]
     target = v.astype(np.float32)
     power = np.floor(np.log10(np.abs(v)))
@@ -413,11 +414,16 @@ def decimal_float32(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
         k = digits - 1 - power
         scale = 10.0 ** np.abs(k)
         y = np.where(k >= 0, np.round(v * scale) / scale, np.round(v / scale) * scale)
-        hit = ~done & (y.astype(np.float32) == target)
+        with np.errstate(over="ignore"):  # rounding up past the float32 range: no hit
+            hit = ~done & (y.astype(np.float32) == target)
         v[hit] = y[hit]
         done |= hit
         if done.all():
             break
+    # far from 1 the scaling above is not exact: parse the shortest text instead (rare)
+    far = np.flatnonzero((power < -12) | (power > 20))
+    for i in far:
+        v[i] = float(np.format_float_scientific(target[i], unique=True))
     x[exact] = v
     return x
 
