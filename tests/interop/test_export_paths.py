@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from cryomanifold.export import export_selection
 from cryomanifold.io import read_particles, write_star
-from cryomanifold.io.star import decimal_float32
+from cryomanifold.io._float32 import decimal_float32
 
 
 def _cs_project(root: Path, n: int = 12) -> tuple[Path, np.ndarray]:
@@ -164,6 +164,16 @@ def test_relion_reads_what_export_writes(
             timeout=120,
         )
 
+    for star in (run / "particles.star", out):  # the run's own file and the export
+        handled = subprocess.run(
+            [f"{relion}/relion_star_handler", "--i", str(star), "--o", str(tmp_path / "h.star")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        log = handled.stdout + handled.stderr
+        assert handled.returncode == 0 and "unknown label: rln" not in log, log
+        assert len(starfile.read(tmp_path / "h.star", always_dict=True)["particles"]) == 12
     ok = stats(out)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.count("angpix = 1.06") == 12  # every image read

@@ -23,12 +23,13 @@ import starfile
 
 from cryomanifold._atomic import atomic_path, check_writable
 from cryomanifold.ctf import CTFParams
+from cryomanifold.io._float32 import decimal_float32
 from cryomanifold.io.mrc import ParticleIOError
 
 if TYPE_CHECKING:
     from cryomanifold.io.stack import ParticleStack
 
-__all__ = ["StarData", "decimal_float32", "parse_image_names", "read_star", "write_star"]
+__all__ = ["StarData", "parse_image_names", "read_star", "write_star"]
 
 logger = logging.getLogger(__name__)
 
@@ -386,46 +387,6 @@ def _add_coordinates(particles: pd.DataFrame, records: np.ndarray) -> None:
         return
     particles["rlnCoordinateX"] = records["location/center_x_frac"] * shape[:, 1].astype(float)
     particles["rlnCoordinateY"] = records["location/center_y_frac"] * shape[:, 0].astype(float)
-
-
-def decimal_float32(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Float32 values as the float64 of their shortest decimal text (1.4, not 1.39999997615814).
-
-    Values that are not exactly representable in float32 are returned unchanged, so
-    float64 data keeps its precision. ``np.float32(result) == np.float32(values)``.
-
-    Parameters
-    ----------
-    values : array_like, shape (n,)
-
-    Returns
-    -------
-    ndarray of float64, shape (n,)
-    """
-    x = np.array(values, dtype=np.float64)
-    exact = np.isfinite(x) & (x != 0)
-    with np.errstate(over="ignore"):  # beyond the float32 range: not a float32 value
-        exact[exact] = x[exact].astype(np.float32).astype(np.float64) == x[exact]
-    v = x[exact]
-    target = v.astype(np.float32)
-    power = np.floor(np.log10(np.abs(v)))
-    done = np.zeros(v.shape, dtype=bool)
-    for digits in range(1, 10):  # 9 significant digits always give back a float32
-        k = digits - 1 - power
-        scale = 10.0 ** np.abs(k)
-        y = np.where(k >= 0, np.round(v * scale) / scale, np.round(v / scale) * scale)
-        with np.errstate(over="ignore"):  # rounding up past the float32 range: no hit
-            hit = ~done & (y.astype(np.float32) == target)
-        v[hit] = y[hit]
-        done |= hit
-        if done.all():
-            break
-    # far from 1 the scaling above is not exact: parse the shortest text instead (rare)
-    far = np.flatnonzero((power < -12) | (power > 20))
-    for i in far:
-        v[i] = float(np.format_float_scientific(target[i], unique=True))
-    x[exact] = v
-    return x
 
 
 def write_star(
