@@ -126,13 +126,22 @@ def _check(args: argparse.Namespace, unknown: list[str]) -> None:
         raise ValueError(f"--j must be at least 1; got {args.j}")
 
 
+def _log_to_stdout() -> None:
+    """RELION shows stdout (run.out) as the job's log and stderr (run.err) as errors."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+            handler.setStream(sys.stdout)
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryomanifold relion-external`` on ``argv``; return the exit code."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     job_dir: Path = args.o
-    # RELION shows run.out (stdout) as the job's log and run.err in red: log to stdout
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    _log_to_stdout()
     from cryomanifold.interop.relion_job import clear_exit_status, mark_exit_status
 
     job_dir.mkdir(parents=True, exist_ok=True)
