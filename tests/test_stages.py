@@ -93,8 +93,9 @@ def test_resume_after_failure_mid_features(project, reference_run, tmp_path, mon
     )
     run(project, out, CFG, resume=True)
     done = {int(w[6:16]) for w in written}
-    assert calls and not done & set(calls)  # only the chunks not written before
-    assert len(done) + len(calls) == n_chunks
+    # only chunks not written before are computed (a chunk still in flight when the
+    # failure was raised may land afterwards: it is then neither listed nor redone)
+    assert 0 < len(calls) < n_chunks and not done & set(calls)
     assert _digest(out) == _digest(reference_run)
 
 

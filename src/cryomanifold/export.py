@@ -279,20 +279,56 @@ def export_selection(
     if file_format == "cs":
         _write_cs(out, records[mask])
     else:
-        _write_star(out, blocks, name, mask)
+        _write_star(out, blocks, name, mask, run_dir=Path(run_dir), info=info)
     logger.info("wrote %d of %d particles to %s", n_written, n_rows, out)
     return ExportResult(path=out, file_format=file_format, n_written=n_written, n_total=n_rows)
 
 
-def _write_star(out: Path, blocks: dict[str, Any], name: str, mask: npt.NDArray[np.bool_]) -> None:
+def _write_star(
+    out: Path,
+    blocks: dict[str, Any],
+    name: str,
+    mask: npt.NDArray[np.bool_],
+    *,
+    run_dir: Path,
+    info: dict[str, Any],
+) -> None:
     import starfile
 
     kept = dict(blocks)
-    kept[name] = blocks[name].loc[mask].reset_index(drop=True)
+    kept[name] = _resolvable_names(
+        blocks[name].loc[mask].reset_index(drop=True), out, run_dir, info
+    )
     with atomic_path(out) as tmp:
         # float_format=None writes the shortest text that reads back to the same
         # float64, so every value of the kept rows is unchanged.
         starfile.write(kept, tmp, float_format=None)
+
+
+def _resolvable_names(table: Any, out: Path, run_dir: Path, info: dict[str, Any]) -> Any:
+    """``table`` with image names that resolve from the exported file, RELION's way.
+
+    Inside a RELION project the paths are relative to the project folder (RELION
+    runs there), elsewhere relative to the file's folder, absolute when they share
+    no folder with it. ``k@stack.mrc`` names (cryoSPARC's stacks, which RELION
+    refuses) point at ``.mrcs`` links in ``<out stem>_mrcs/``. Stacks that are
+    found nowhere keep their names (and a warning says so).
+    """
+    from cryomanifold.interop.paths import rebase_image_names, relion_base_dir, run_search_dirs
+
+    if "rlnImageName" not in table.columns or len(table) == 0:
+        return table
+    folder = out.resolve().parent
+    rebased = rebase_image_names(
+        table["rlnImageName"],
+        search_dirs=run_search_dirs(run_dir, (info.get("input") or {}).get("path")),
+        base=relion_base_dir(folder),
+        links_dir=folder / f"{out.stem}_mrcs",
+    )
+    if not rebased.changed:
+        return table
+    logger.info("%s: image paths rewritten to resolve from %s", out, relion_base_dir(folder))
+    return table.assign(rlnImageName=rebased.names)
 
 
 def _write_cs(out: Path, records: npt.NDArray[np.void]) -> None:

@@ -345,6 +345,7 @@ def _write_outputs(
         "versions": software_versions(),
         "timings_s": timings,
     }
+    _write_interop(out, stack.kind, info)
     if cfg.atlas:
         t_atlas = time.perf_counter()
         _write_atlas(out, info)
@@ -365,6 +366,16 @@ def _write_outputs(
         timings,
         called.junk,
     )
+
+
+def _write_interop(out: Path, kind: str, info: dict[str, Any]) -> None:
+    """RELION's Class2D view of the run (Subset selection opens it), and cryoSPARC's
+    classification fields and templates for a .cs input."""
+    from cryomanifold.interop import write_cryosparc_classification, write_relion_classification
+
+    write_relion_classification(out, run_info=info)
+    if kind == "cs":
+        write_cryosparc_classification(out, run_info=info)
 
 
 def _write_atlas(out: Path, info: dict[str, Any]) -> None:

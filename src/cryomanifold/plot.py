@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cryomanifold._atomic import atomic_path
+from cryomanifold.atlas.palette import class_colours
 
 __all__ = ["plot_map"]
 
@@ -115,10 +116,7 @@ def plot_map(
     idx = np.flatnonzero(good)
     if idx.size > max_points:
         idx = np.sort(np.random.default_rng(random_state).choice(idx, max_points, replace=False))
-    if n_classes <= 20:
-        colours = plt.get_cmap("tab20")(np.arange(n_classes))
-    else:
-        colours = plt.get_cmap("gist_ncar")(np.linspace(0.05, 0.95, n_classes))
+    colours = class_colours(n_classes)  # the atlas uses the same ones
 
     fig, ax = plt.subplots(figsize=(9, 8), dpi=dpi)
     size = max(1.0, min(12.0, 30000.0 / max(idx.size, 1)))

@@ -44,6 +44,7 @@ def write_fake_run(
     junk_classes: tuple[int, ...] = (2,),
     kind: str = "star",
     empty_classes: tuple[int, ...] = (),
+    resolution: bool = False,
     random_state: int = 0,
 ) -> dict[str, Any]:
     """Write a fake run folder and return a dict with its run.json and arrays.
@@ -54,6 +55,9 @@ def write_fake_run(
         ``"cs"`` also writes ``particles.cs`` (a cryoSPARC-style structured array).
     empty_classes : tuple of int
         Classes that get no particle (their example rows stay zero).
+    resolution : bool
+        Add the optional classes.csv column ``resolution_angstrom`` (the class FRC
+        resolution, Å): 8 + 2 k Å for class k, and NaN (no estimate) for the last.
 
     Returns
     -------
@@ -170,6 +174,10 @@ def write_fake_run(
             "quality": rng.uniform(0, 1, k),
         }
     )
+    if resolution:
+        res = 8.0 + 2.0 * np.arange(1, k + 1)
+        res[-1] = np.nan
+        classes["resolution_angstrom"] = res
     classes.to_csv(out / "classes.csv", index=False)
 
     averages = _class_images(k, box_size, rng)

@@ -173,3 +173,20 @@ def test_inconsistent_run_named(star_run: dict[str, Any]) -> None:
     pd.DataFrame({"class_number": [1]}).to_csv(star_run["path"] / "classes.csv", index=False)
     with pytest.raises(ValueError, match=r"classes\.csv.*size"):
         write_atlas_html(star_run["path"])
+
+
+def test_class_resolution_scale_and_run_folder(tmp_path: Path, make_run: Any) -> None:
+    run = make_run(tmp_path / "run", n_particles=80, n_classes=4, box_size=96, resolution=True)
+    path = write_atlas_html(run["path"], max_image_box=64)
+    meta, arrays = _embedded(path.read_text(encoding="utf-8"))
+    assert [r["resolution"] for r in meta["classes"]] == [10.0, 12.0, 14.0, None]
+    assert meta["resolution_range"] == [10.0, 14.0]
+    # averages shown Fourier-cropped from 96 to 64 px: 1.5 times the run's pixel size
+    assert arrays["averages"].shape[-1] == 64
+    assert meta["image_pixel_angstrom"] == pytest.approx(1.06 * 96 / 64)
+    assert meta["run_dir"] == str(run["path"].resolve())
+    # a run without the column has no resolution and no slider range
+    plain = make_run(tmp_path / "plain", n_particles=40, n_classes=3)
+    meta, _ = _embedded(write_atlas_html(plain["path"]).read_text(encoding="utf-8"))
+    assert meta["resolution_range"] is None
+    assert all(r["resolution"] is None for r in meta["classes"])

@@ -36,7 +36,12 @@
     PAL.push(hsl((j * 0.618034 + 0.05) % 1, [0.75, 0.6, 0.85][j % 3], [0.47, 0.6, 0.36][Math.floor(j / 3) % 3]));
   }
   const css = (c) => `rgb(${Math.round(c[0] * 255)},${Math.round(c[1] * 255)},${Math.round(c[2] * 255)})`;
-  const classColour = (c) => (c >= 1 ? PAL[(c - 1) % N_PAL] : [0.6, 0.6, 0.6]);
+  // class colours are map.png's (computed in Python from the same colour map)
+  const classColour = (c) => {
+    const cc = S.meta && S.meta.class_colours;
+    if (c < 1) return [0.6, 0.6, 0.6];
+    return cc && cc[c - 1] ? cc[c - 1] : PAL[(c - 1) % N_PAL];
+  };
 
   function fail(message, err) {
     api.error = message;
@@ -72,6 +77,7 @@
     view: { cx: 0, cy: 0, ppu: 1 }, fitPpu: 1,
     mode: "pan", colour: "class", sizeMul: 1, alpha: 0.7,
     sel: null, selCount: 0, classSel: null, classSize: null, hoverClass: -1,
+    pass: null, flags: null, classOk: null, classSelRaw: null, filters: null, nPal: N_PAL,
     grid: null, gl: null, cards: [], drag: null, pending: false, hoverXY: null,
     interactive: false, idleTimer: 0, lod: null,
   };
@@ -81,34 +87,40 @@
   const LOD_MIN_POINTS = 50000;
 
   // ---------------------------------------------------------------- WebGL
-  const VS = `
+  const VS = (nPal) => `
     attribute vec2 a_pos; attribute float a_val; attribute float a_cls; attribute float a_sel;
     uniform vec2 u_scale; uniform vec2 u_offset;
     uniform float u_size; uniform float u_alpha; uniform float u_mode;
     uniform float u_catBase; uniform float u_zeroGrey;
     uniform float u_anySel; uniform float u_pass; uniform float u_hover;
-    uniform vec3 u_pal[${N_PAL}]; uniform vec3 u_ramp[16];
+    uniform vec3 u_pal[${nPal}]; uniform vec3 u_ramp[16];
     varying vec4 v_col;
     void main() {
-      if (u_anySel > 0.5 && abs(a_sel - u_pass) > 0.5) {
+      // a_sel: bit 0 selected, bit 1 filtered out by the sliders
+      float fail = step(1.5, a_sel);
+      float sel = (a_sel - 2.0 * fail) * (1.0 - fail);
+      if (u_anySel > 0.5 && abs(sel - u_pass) > 0.5) {
         gl_Position = vec4(2.0, 2.0, 2.0, 1.0); gl_PointSize = 0.0; v_col = vec4(0.0); return;
       }
       gl_Position = vec4(a_pos * u_scale + u_offset, 0.0, 1.0);
       vec3 c;
       if (u_mode < 0.5) {
         if (u_zeroGrey > 0.5 && a_val < 0.5) { c = vec3(0.6); }
-        else { c = u_pal[int(mod(a_val - u_catBase + 0.5, ${N_PAL}.0))]; }
+        else { c = u_pal[int(mod(a_val - u_catBase + 0.5, ${nPal}.0))]; }
       } else {
         float t = clamp(a_val, 0.0, 1.0) * 15.0;
         float i = min(floor(t), 14.0);
         c = mix(u_ramp[int(i)], u_ramp[int(i) + 1], t - i);
       }
       float a = u_alpha; float s = u_size;
+      float hovered = u_hover > -0.5 && abs(a_cls - u_hover) < 0.5 ? 1.0 : 0.0;
       if (u_anySel > 0.5) {
-        if (a_sel > 0.5) { s *= 1.4; a = max(a, 0.85); }
-        else { c = mix(c, vec3(0.8), 0.7); a *= 0.45; }
+        if (sel > 0.5) { s *= 1.4; a = max(a, 0.85); }
+        else if (hovered < 0.5) { c = mix(c, vec3(0.8), 0.7); a *= 0.45; }
       }
-      if (u_hover > -0.5 && abs(a_cls - u_hover) > 0.5) { a *= 0.12; }
+      if (fail > 0.5) { c = mix(c, vec3(0.85), 0.8); a *= 0.25; }
+      // hovering a class fades the others, but never the selected particles
+      if (u_hover > -0.5 && abs(a_cls - u_hover) > 0.5 && sel < 0.5) { a *= 0.12; }
       gl_PointSize = s;
       v_col = vec4(c, a);
     }`;
@@ -145,7 +157,10 @@
       stencil: false, preserveDrawingBuffer: false, powerPreference: "high-performance" });
     if (!gl) return null;
     const prog = gl.createProgram();
-    gl.attachShader(prog, compile(gl, gl.VERTEX_SHADER, VS));
+    // one palette entry per class where the GPU allows it (WebGL 1 guarantees 128 vectors)
+    const room = gl.getParameter(gl.MAX_VERTEX_UNIFORM_VECTORS) - 40;
+    S.nPal = Math.max(N_PAL, Math.min(S.meta.max_class, room));
+    gl.attachShader(prog, compile(gl, gl.VERTEX_SHADER, VS(S.nPal)));
     gl.attachShader(prog, compile(gl, gl.FRAGMENT_SHADER, FS));
     gl.linkProgram(prog);
     if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) throw new Error(gl.getProgramInfoLog(prog));
@@ -154,16 +169,26 @@
     for (const a of ["a_pos", "a_val", "a_cls", "a_sel"]) loc[a] = gl.getAttribLocation(prog, a);
     for (const u of ["u_scale", "u_offset", "u_size", "u_alpha", "u_mode", "u_catBase", "u_zeroGrey",
       "u_anySel", "u_pass", "u_hover", "u_pal", "u_ramp", "u_round"]) loc[u] = gl.getUniformLocation(prog, u);
-    gl.uniform3fv(loc.u_pal, new Float32Array(PAL.flat()));
     gl.uniform3fv(loc.u_ramp, new Float32Array(RAMP));
     const d = S.d;
-    const bufs = { pos: buffer(gl, d.pos), cls: buffer(gl, d.cls), sel: buffer(gl, S.sel, gl.DYNAMIC_DRAW) };
+    const bufs = { pos: buffer(gl, d.pos), cls: buffer(gl, d.cls), sel: buffer(gl, S.flags, gl.DYNAMIC_DRAW) };
     for (const f of ["probability", "junk", "defocus", "micrograph"]) if (d[f]) bufs[f] = buffer(gl, d[f]);
     gl.enable(gl.BLEND);
     gl.blendFunc(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA);
     canvas.addEventListener("webglcontextlost", (e) => { e.preventDefault(); fail("WebGL context lost; reload the page"); });
-    return { gl, canvas, loc, bufs, px: new Uint8Array(4),
+    return { gl, canvas, loc, bufs, px: new Uint8Array(4), palette: null,
       uintIndex: !!gl.getExtension("OES_element_index_uint") };
+  }
+
+  // the categorical palette of the current colouring: map.png's class colours, or
+  // golden-ratio hues for micrographs
+  function uploadPalette(G) {
+    const kind = S.colour === "class" ? "class" : "other";
+    if (G.palette === kind) return;
+    const flat = new Float32Array(3 * S.nPal);
+    for (let j = 0; j < S.nPal; j++) flat.set(kind === "class" ? classColour(j + 1) : PAL[j % N_PAL], 3 * j);
+    G.gl.uniform3fv(G.loc.u_pal, flat);
+    G.palette = kind;
   }
 
   // After timing a full frame: if it is too slow for panning, prepare a random
@@ -224,6 +249,7 @@
     gl.uniform1f(loc.u_hover, S.hoverClass);
     const field = S.meta.fields[S.colour];
     const categorical = field.kind === "category";
+    uploadPalette(G);
     gl.uniform1f(loc.u_mode, categorical ? 0 : 1);
     gl.uniform1f(loc.u_catBase, S.colour === "class" ? 1 : 0);
     gl.uniform1f(loc.u_zeroGrey, S.colour === "class" ? 1 : 0);
@@ -345,11 +371,30 @@
     return canvas;
   }
 
+  // a scale bar of a round length, about a third of the box, at the bottom left
+  function scaleBar() {
+    const px = S.meta.image_pixel_angstrom, b = S.meta.image_box;
+    if (!px || !(px > 0)) return null;
+    const lengths = [2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000];
+    let L = lengths[0];
+    for (const l of lengths) if (l / px <= 0.4 * b) L = l;
+    const h = Math.max(1, Math.round(b / 40)), margin = Math.max(1, Math.round(b / 16));
+    return { angstrom: L, px: Math.max(1, Math.round(L / px)), x: margin, y: b - margin - h, h };
+  }
+
   function averageCanvas(c, cls) {
     const cv = document.createElement("canvas");
     cv.className = cls || "avg";
     cv.dataset.cls = String(c);
-    return paint(cv, S.d.averages, c - 1);
+    paint(cv, S.d.averages, c - 1);
+    const bar = S.scaleBar;
+    if (bar) {
+      const ctx = cv.getContext("2d");
+      ctx.fillStyle = "#fff";
+      ctx.fillRect(bar.x, bar.y, bar.px, bar.h);
+      cv.title = `scale bar ${bar.angstrom} Å`;
+    }
+    return cv;
   }
 
   function exampleCanvases(c) {
@@ -401,8 +446,10 @@
     badge.textContent = row.junk ? "junk" : "not junk";
     title.appendChild(badge);
     line(t, `${row.size.toLocaleString()} particles (${(100 * row.size / S.n).toFixed(1)} %)`);
-    line(t, `junk score ${fmt(row.junk_score, 2)} · quality ${fmt(row.quality, 2)}`);
-    line(t, `${S.classSel[c].toLocaleString()} selected`, "hint");
+    line(t, `junk score ${fmt(row.junk_score, 2)} · quality ${fmt(row.quality, 2)}` +
+      (row.resolution !== null ? ` · resolution ${fmt(row.resolution, 1)} Å` : ""));
+    line(t, `${S.classSel[c].toLocaleString()} selected` +
+      (S.scaleBar ? ` · scale bar ${S.scaleBar.angstrom} Å` : ""), "hint");
     if (i !== null && i !== undefined) {
       const parts = [`particle #${i}`];
       const p = fieldValue("probability", i), j = fieldValue("junk", i), df = fieldValue("defocus", i);
@@ -424,28 +471,76 @@
   }
 
   // ---------------------------------------------------------------- selection
+  // particles that pass the sliders (junk score, class probability, class resolution)
+  function computePass() {
+    const f = S.filters, d = S.d, n = S.n, pass = S.pass, ok = S.classOk;
+    const rr = S.meta.resolution_range;
+    const resOn = !!rr && f.resolution < rr[1] - 1e-9;
+    ok.fill(resOn ? 0 : 1);
+    if (resOn) {
+      for (const row of S.meta.classes) ok[row.c] = row.resolution !== null && row.resolution <= f.resolution + 1e-9 ? 1 : 0;
+    }
+    const jq = Math.round(f.junk * 255), pq = Math.round(f.probability * 255);
+    const junk = f.junk < 1 && d.junk ? d.junk : null, prob = f.probability > 0 && d.probability ? d.probability : null;
+    const cls = d.cls;
+    let k = 0;
+    for (let i = 0; i < n; i++) {
+      const v = ok[cls[i]] && (!junk || junk[i] <= jq) && (!prob || prob[i] >= pq) ? 1 : 0;
+      pass[i] = v;
+      k += v;
+    }
+    S.passCount = k;
+    S.filtersActive = resOn || !!junk || !!prob;
+  }
+
   function recount() {
-    const n = S.n, sel = S.sel, cls = S.d.cls, cs = S.classSel;
+    const n = S.n, sel = S.sel, pass = S.pass, flags = S.flags, cls = S.d.cls;
+    const cs = S.classSel, raw = S.classSelRaw;
     cs.fill(0);
+    raw.fill(0);
     let count = 0;
-    for (let i = 0; i < n; i++) if (sel[i]) { count++; cs[cls[i]]++; }
+    for (let i = 0; i < n; i++) {
+      const on = sel[i] && pass[i];
+      if (sel[i]) raw[cls[i]]++;
+      if (on) { count++; cs[cls[i]]++; }
+      flags[i] = (sel[i] ? 1 : 0) | (pass[i] ? 0 : 2);
+    }
     S.selCount = count;
     const G = S.gl;
     if (G) {
       G.gl.bindBuffer(G.gl.ARRAY_BUFFER, G.bufs.sel.b);
-      G.gl.bufferSubData(G.gl.ARRAY_BUFFER, 0, sel);
+      G.gl.bufferSubData(G.gl.ARRAY_BUFFER, 0, flags);
     }
     $("cm-count").textContent = `${count.toLocaleString()} selected (${(100 * count / Math.max(n, 1)).toFixed(1)} %)`;
     $("cm-download").disabled = count === 0;
+    $("cm-copy").disabled = count === 0;
     for (const row of S.meta.classes) {
       const card = S.cards[row.c];
       if (!card) continue;
       const k = cs[row.c];
       card.classList.toggle("sel-full", k > 0 && k === S.classSize[row.c]);
       card.classList.toggle("sel-part", k > 0 && k < S.classSize[row.c]);
+      card.classList.toggle("filtered", !S.classOk[row.c]);
     }
+    $("cm-filter-count").textContent = S.filtersActive
+      ? `${S.passCount.toLocaleString()} of ${n.toLocaleString()} particles pass` : "";
+    $("cm-command").value = count ? exportCommand() : "select classes or particles first";
     if (S.shown) showClass(...S.shown);  // its "selected" count changed
     requestDraw();
+  }
+
+  function readFilters() {
+    const rr = S.meta.resolution_range;
+    S.filters = {
+      junk: Number($("cm-f-junk").value),
+      probability: Number($("cm-f-prob").value),
+      resolution: rr ? Number($("cm-f-res").value) : Infinity,
+    };
+    $("cm-f-junk-v").textContent = S.filters.junk.toFixed(2);
+    $("cm-f-prob-v").textContent = S.filters.probability.toFixed(2);
+    $("cm-f-res-v").textContent = rr ? `${S.filters.resolution.toFixed(1)} Å` : "n/a";
+    computePass();
+    recount();
   }
 
   function combine(mask, op) {
@@ -457,7 +552,7 @@
   }
 
   function toggleClass(c) {
-    const on = S.classSel[c] < S.classSize[c] ? 1 : 0, sel = S.sel, cls = S.d.cls;
+    const on = S.classSelRaw[c] < S.classSize[c] ? 1 : 0, sel = S.sel, cls = S.d.cls;
     for (let i = 0; i < S.n; i++) if (cls[i] === c) sel[i] = on;
     recount();
   }
@@ -496,7 +591,7 @@
 
   function selectionObject() {
     const idx = [];
-    for (let i = 0; i < S.n; i++) if (S.sel[i]) idx.push(i);
+    for (let i = 0; i < S.n; i++) if (S.sel[i] && S.pass[i]) idx.push(i);
     let whole = S.classSel[0] === 0;
     const classes = [];
     for (const row of S.meta.classes) {
@@ -508,7 +603,39 @@
       n_particles: S.n, n_selected: idx.length };
     if (whole) obj.class_numbers = classes;
     obj.particle_indices = idx;
+    if (S.filtersActive) {
+      const f = {};
+      if (S.filters.junk < 1) f.junk_score_max = S.filters.junk;
+      if (S.filters.probability > 0) f.class_probability_min = S.filters.probability;
+      if (S.meta.resolution_range && S.filters.resolution < S.meta.resolution_range[1]) {
+        f.class_resolution_max_angstrom = S.filters.resolution;
+      }
+      obj.filters = f;  // how the selection was narrowed (for the record; not reapplied)
+    }
     return obj;
+  }
+
+  const shellQuote = (t) => (/^[\w@%+=:,./-]+$/.test(t) ? t : `'${t.replace(/'/g, "'\\''")}'`);
+
+  // the command that writes this selection: --classes for whole classes and no
+  // filters, else the downloaded selection.json
+  function exportCommand() {
+    const obj = selectionObject();
+    const fmtSel = $("cm-out-format");
+    const ext = fmtSel && fmtSel.value === "cs" ? "cs" : "star";
+    const parts = ["cryomanifold", "export", shellQuote(S.meta.run_dir || "RUN_DIR")];
+    if (obj.class_numbers && !S.filtersActive) parts.push("--classes", obj.class_numbers.join(","));
+    else parts.push("--selection", "selection.json");
+    parts.push("--out", `particles_selected.${ext}`);
+    return parts.join(" ");
+  }
+
+  function copyCommand() {
+    const box = $("cm-command");
+    box.select();
+    const done = () => { $("cm-copy").textContent = "Copied"; setTimeout(() => { $("cm-copy").textContent = "Copy"; }, 1500); };
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(box.value).then(done, () => {});
+    else { try { document.execCommand("copy"); done(); } catch (e) { /* the text stays selected */ } }
   }
 
   function download() {
@@ -662,7 +789,13 @@
         b.textContent = "junk";
         name.appendChild(b);
       }
-      line(cap, row.size.toLocaleString());
+      const stats = line(cap, row.size.toLocaleString(), "stats");
+      if (row.resolution !== null) {
+        const r = document.createElement("span");
+        r.className = "res";
+        r.textContent = ` · ${row.resolution.toFixed(1)} Å`;
+        stats.appendChild(r);
+      }
       const ex = line(card, "", "ex");
       for (const cv of exampleCanvases(c).slice(0, 4)) ex.appendChild(cv);
       card.addEventListener("click", () => toggleClass(c));
@@ -671,14 +804,17 @@
       S.cards[c] = card;
     }
     sortGallery("size");
-    $("cm-nclasses").textContent = `${S.meta.n_classes} classes`;
+    $("cm-nclasses").textContent = `${S.meta.n_classes} classes` +
+      (S.scaleBar ? ` · bar ${S.scaleBar.angstrom} Å` : "");
   }
 
   function sortGallery(key) {
     const rows = S.meta.classes.slice();
     const js = (r) => (r.junk_score === null ? -1 : r.junk_score);
+    const res = (r) => (r.resolution === null ? Infinity : r.resolution);
     if (key === "size") rows.sort((a, b) => b.size - a.size || a.c - b.c);
     else if (key === "junk") rows.sort((a, b) => js(b) - js(a) || a.c - b.c);
+    else if (key === "resolution") rows.sort((a, b) => res(a) - res(b) || a.c - b.c);
     else rows.sort((a, b) => a.c - b.c);
     $("cm-gallery").replaceChildren(...rows.map((r) => S.cards[r.c]));
   }
@@ -699,6 +835,32 @@
     $("cm-clear").addEventListener("click", () => { S.sel.fill(0); recount(); });
     $("cm-invert").addEventListener("click", () => { for (let i = 0; i < S.n; i++) S.sel[i] ^= 1; recount(); });
     $("cm-download").addEventListener("click", download);
+    $("cm-copy").addEventListener("click", copyCommand);
+    if (S.meta.input_kind === "cs") $("cm-out-format").hidden = false;
+    $("cm-out-format").addEventListener("change", recount);
+    for (const [id, field] of [["cm-f-junk", "junk"], ["cm-f-prob", "probability"]]) {
+      $(id).disabled = !S.d[field];
+      $(id).addEventListener("input", readFilters);
+    }
+    const rr = S.meta.resolution_range, res = $("cm-f-res");
+    if (rr) {
+      const lo = Math.floor(rr[0] * 10) / 10, hi = Math.ceil(rr[1] * 10) / 10;
+      res.min = String(lo);
+      res.max = String(hi);
+      res.step = "0.1";
+      res.value = String(hi);
+      S.meta.resolution_range = [lo, hi];
+    } else {
+      res.disabled = true;
+      res.title = "this run has no per-class resolution";
+    }
+    res.addEventListener("input", readFilters);
+    $("cm-f-reset").addEventListener("click", () => {
+      $("cm-f-junk").value = "1";
+      $("cm-f-prob").value = "0";
+      if (rr) res.value = res.max;
+      readFilters();
+    });
     $("cm-sort").addEventListener("change", (e) => sortGallery(e.target.value));
     document.addEventListener("keydown", (e) => {
       if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement) return;
@@ -715,6 +877,16 @@
       selectedCount: () => S.selCount,
       selectionObject,
       classOf: (i) => S.d.cls[i],
+      classColour: (c) => classColour(c).map((v) => Math.round(v * 255)),
+      scaleBar: () => S.scaleBar,
+      exportCommand,
+      passCount: () => S.passCount,
+      setFilters(f) {
+        if (f.junk !== undefined) $("cm-f-junk").value = String(f.junk);
+        if (f.probability !== undefined) $("cm-f-prob").value = String(f.probability);
+        if (f.resolution !== undefined) $("cm-f-res").value = String(f.resolution);
+        readFilters();
+      },
       pointClient(i) {
         const r = $("cm-plot").getBoundingClientRect(), [x, y] = pointScreen(i);
         return { x: r.left + x, y: r.top + y };
@@ -770,8 +942,13 @@
     S.d = await decodeData(meta);
     api.timings.decode_ms = performance.now() - T0;
     S.sel = new Uint8Array(S.n);
+    S.pass = new Uint8Array(S.n).fill(1);
+    S.flags = new Uint8Array(S.n);
     S.classSel = new Int32Array(meta.max_class + 1);
+    S.classSelRaw = new Int32Array(meta.max_class + 1);
+    S.classOk = new Uint8Array(meta.max_class + 1).fill(1);
     S.classSize = new Int32Array(meta.max_class + 1);
+    S.scaleBar = scaleBar();
     for (let i = 0; i < S.n; i++) S.classSize[S.d.cls[i]]++;
     wireControls();
     buildGallery();
@@ -798,7 +975,7 @@
     setupLod(performance.now() - t1);
     buildGrid();
     api.timings.grid_ms = performance.now() - T0;
-    recount();
+    readFilters();
     api.ready = true;
   }
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from cryomanifold._atomic import atomic_path, check_writable
 from cryomanifold.atlas.encode import (
@@ -27,10 +28,12 @@ from cryomanifold.atlas.encode import (
     quantize,
     quantize_positions,
 )
+from cryomanifold.atlas.palette import class_colours
 from cryomanifold.atlas.runfolder import (
     CLASS_COLUMN,
     JUNK_COLUMN,
     PROBABILITY_COLUMN,
+    RESOLUTION_COLUMN,
     UMAP_COLUMNS,
     read_class_images,
     read_classes,
@@ -158,8 +161,14 @@ def atlas_payload(
 
     counts = np.bincount(labels, minlength=max_class + 1)
     nan = np.full(len(classes), np.nan)
-    junk_score = classes["junk_score"].to_numpy(float) if "junk_score" in classes else nan
-    quality = classes["quality"].to_numpy(float) if "quality" in classes else nan
+
+    def class_column(name: str) -> npt.NDArray[np.float64]:
+        if name not in classes:
+            return nan
+        return np.asarray(pd.to_numeric(classes[name], errors="coerce"), dtype=np.float64)
+
+    junk_score, quality = class_column("junk_score"), class_column("quality")
+    resolution = class_column(RESOLUTION_COLUMN)
     class_rows = [
         {
             "c": int(c),
@@ -167,9 +176,15 @@ def atlas_payload(
             "junk": bool(junk),
             "junk_score": _finite_or_none(junk_score[i]),
             "quality": _finite_or_none(quality[i]),
+            "resolution": _finite_or_none(resolution[i]),
         }
         for i, (c, junk) in enumerate(zip(numbers, classes["junk"].to_numpy(), strict=True))
     ]
+    finite_res = resolution[np.isfinite(resolution) & (resolution > 0)]
+    pixel = info.get("pixel_size_angstrom")
+    shown_pixel = (
+        float(pixel) * averages.shape[-1] / arrays["averages"].shape[-1] if pixel else None
+    )
     input_info = info.get("input") or {}
     meta = {
         "format": "cryomanifold-atlas",
@@ -188,6 +203,12 @@ def atlas_payload(
         "fields": fields,
         "micrographs": micrographs,
         "pixel_size_angstrom": info.get("pixel_size_angstrom"),
+        "image_pixel_angstrom": shown_pixel,
+        "resolution_range": (
+            [float(finite_res.min()), float(finite_res.max())] if finite_res.size else None
+        ),
+        "class_colours": np.round(class_colours(max_class), 4).tolist(),
+        "run_dir": str(run.resolve()),
     }
     return meta, arrays
 

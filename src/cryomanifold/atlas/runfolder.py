@@ -22,6 +22,7 @@ __all__ = [
     "CS_FIELDS",
     "JUNK_COLUMN",
     "PROBABILITY_COLUMN",
+    "RESOLUTION_COLUMN",
     "UMAP_COLUMNS",
     "particle_block_name",
     "read_class_images",
@@ -36,6 +37,8 @@ CLASS_COLUMN = "rlnClassNumber"
 PROBABILITY_COLUMN = "cmClassProbability"
 JUNK_COLUMN = "cmJunkScore"
 UMAP_COLUMNS = ("cmUMAP1", "cmUMAP2")
+#: optional classes.csv column: the class average's FRC resolution, Å
+RESOLUTION_COLUMN = "resolution_angstrom"
 #: fields that ``cryomanifold run`` adds to ``particles.cs``
 CS_FIELDS = {
     "class": "cm/class",

@@ -22,12 +22,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cryomanifold.cli.demo", "simulate a small dataset and classify it"),
     "export": ("cryomanifold.cli.export", "write a selection of a run as .star / .cs"),
     "atlas": ("cryomanifold.cli.atlas", "write the interactive atlas.html of a run"),
+    "relion-external": ("cryomanifold.cli.relion_external", "run as a RELION External job"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: cryomanifold <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<16} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "Run 'cryomanifold <command> --help' for the options of a command."]
     return "\n".join(lines)
 

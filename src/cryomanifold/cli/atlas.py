@@ -20,10 +20,16 @@ from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
+DESCRIPTION = (
+    "Write the interactive atlas.html of an existing run: one self-contained page that "
+    "opens offline in a browser, to explore the map, compare classes and download the "
+    "selection for 'cryomanifold export'."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cryomanifold atlas``."""
-    p = argparse.ArgumentParser(prog="cryomanifold atlas", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="cryomanifold atlas", description=DESCRIPTION)
     p.add_argument(
         "run_dir", type=Path, metavar="RUN_DIR", help="output folder of 'cryomanifold run'"
     )

@@ -23,6 +23,7 @@ import starfile
 
 from cryomanifold._atomic import atomic_path, check_writable
 from cryomanifold.ctf import CTFParams
+from cryomanifold.io._float32 import decimal_float32
 from cryomanifold.io.mrc import ParticleIOError
 
 if TYPE_CHECKING:
@@ -316,6 +317,8 @@ def add_columns(
     for raw_name, values in extra.items():
         name = raw_name.lstrip("_")
         arr = np.asarray(values)
+        if arr.dtype == np.float32:
+            arr = decimal_float32(arr)  # 0.9736784, not 0.973678410053253
         if arr.shape != (len(out),):
             raise ValueError(
                 f"{path}: column {name!r} has shape {arr.shape}; expected "
@@ -364,7 +367,26 @@ def _built_blocks(stack: ParticleStack, out_dir: Path) -> dict[str, pd.DataFrame
     optics["rlnImagePixelSize"] = stack.pixel_size_angstrom
     optics["rlnImageSize"] = stack.box_size
     optics["rlnImageDimensionality"] = 2
+    if stack.cs_records is not None:
+        _add_coordinates(particles, stack.cs_records)
+    for table in (optics, particles):  # .cs and MRC headers store float32
+        for column in table.columns:
+            if table[column].dtype == np.float64:
+                table[column] = decimal_float32(table[column].to_numpy())
     return {"optics": optics, "particles": particles}
+
+
+def _add_coordinates(particles: pd.DataFrame, records: np.ndarray) -> None:
+    """``rlnCoordinateX/Y`` (micrograph pixels) from cryoSPARC's ``location/*`` fields."""
+    names = records.dtype.names or ()
+    needed = ("location/center_x_frac", "location/center_y_frac", "location/micrograph_shape")
+    if not all(n in names for n in needed):
+        return
+    shape = np.asarray(records["location/micrograph_shape"]).reshape(len(records), -1)
+    if shape.shape[1] != 2:
+        return
+    particles["rlnCoordinateX"] = records["location/center_x_frac"] * shape[:, 1].astype(float)
+    particles["rlnCoordinateY"] = records["location/center_y_frac"] * shape[:, 0].astype(float)
 
 
 def write_star(

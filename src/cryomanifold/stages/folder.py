@@ -46,6 +46,14 @@ RUN_OUTPUTS = (
     "run.log",
     "model",
     "stages",
+    # RELION and cryoSPARC views of the run (cryomanifold.interop)
+    "run_it000_optimiser.star",
+    "run_it000_model.star",
+    "run_it000_data.star",
+    "run_it000_classes.mrcs",
+    "stacks_mrcs",
+    "templates.cs",
+    "templates.mrc",
 )
 
 
