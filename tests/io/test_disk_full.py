@@ -174,3 +174,22 @@ def test_header_of_a_large_stack_is_consistent() -> None:
     header = np.frombuffer(raw, dtype=mrcfile.dtypes.HEADER_DTYPE)[0]
     assert (int(header["nx"]), int(header["ny"]), int(header["nz"])) == (256, 256, 100_000)
     assert int(header["mode"]) == 2 and int(header["ispg"]) == 0 and int(header["mz"]) == 1
+
+
+def test_writers_touch_only_their_output(relion31, cs_project, tmp_path: Path) -> None:
+    """Each writer creates exactly its file and changes no input (hashes)."""
+    import hashlib
+
+    def hashes(folder: Path) -> dict[Path, str]:
+        return {
+            p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+        }
+
+    inputs = {**hashes(relion31.root), **hashes(cs_project.root)}
+    star_stack, cs_stack = read_particles(relion31.path), read_particles(cs_project.path)
+    out = tmp_path / "out"
+    write_star(out / "a.star", star_stack, {"rlnClassNumber": np.ones(12, dtype=int)})
+    write_cs(out / "b.cs", cs_stack, {"cm/class": np.ones(7, dtype=np.uint32)})
+    write_mrcs(out / "c.mrcs", star_stack.images(np.arange(12)), 2.0)
+    assert _listing(out) == ["a.star", "b.cs", "c.mrcs"]
+    assert {**hashes(relion31.root), **hashes(cs_project.root)} == inputs

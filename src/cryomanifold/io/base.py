@@ -34,6 +34,7 @@ __all__ = [
     "StarTables",
     "one_line",
     "refuse_input",
+    "same_values",
 ]
 
 #: the kinds of particle input
@@ -110,6 +111,14 @@ def refuse_input(out: Path, source: Path) -> None:
         raise OutputRefusedError(
             f"{out}: refusing to overwrite the input file {source}; choose another name"
         )
+
+
+def same_values(old: np.ndarray, new: np.ndarray) -> bool:
+    """Whether a column keeps its values (a replaced column with other values is kept)."""
+    try:
+        return old.shape == new.shape and bool(np.all(old == new))
+    except (TypeError, ValueError):
+        return False
 
 
 def one_line(err: BaseException) -> str:

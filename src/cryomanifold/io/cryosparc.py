@@ -30,6 +30,7 @@ from cryomanifold.io.base import (
     ParticleSource,
     one_line,
     refuse_input,
+    same_values,
 )
 from cryomanifold.io.columns import as_float, as_index, require
 
@@ -316,7 +317,7 @@ def add_fields(
         if name in values:
             arr = values[name]
             descr.append((name, arr.dtype, arr.shape[1:]))
-            if not _same(records[name], arr):
+            if not same_values(records[name], arr):
                 keep = backup_field(name, (*old_names, *values, *backups))
                 backups[keep] = records[name]
                 logger.info(
@@ -336,13 +337,6 @@ def add_fields(
         source = values if name in values else backups if name in backups else records
         out[name] = source[name]
     return out
-
-
-def _same(old: np.ndarray, new: np.ndarray) -> bool:
-    try:
-        return old.shape == new.shape and bool(np.all(old == new))
-    except (TypeError, ValueError):
-        return False
 
 
 def write_cs(

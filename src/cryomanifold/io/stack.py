@@ -297,8 +297,8 @@ def _count_duplicates(path: Path, file_index: np.ndarray, image_index: np.ndarra
     """Rows naming an image that an earlier row names too; logged with the first pair."""
     if len(file_index) < 2:
         return 0
-    keys = np.stack([file_index, image_index], axis=1)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    keys = file_index * (int(image_index.max()) + 1) + image_index  # one int64 per image
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     first_row = first[np.asarray(inverse).reshape(-1)]
     repeats = np.flatnonzero(first_row != np.arange(len(file_index)))
     if repeats.size:
@@ -352,6 +352,14 @@ def _choose_pixel_size(
 def _read_bare(path: Path, pixel_size_angstrom: float | None, max_open_files: int) -> ParticleStack:
     info = stack_info(path)
     refuse_volume(info)
+    if 1 <= info.space_group <= 230 and info.n_images > 1:
+        logger.info(
+            "%s: the header marks a volume (space group %d); reading its %d sections as "
+            "particle images (cryoSPARC writes particle stacks this way)",
+            path,
+            info.space_group,
+            info.n_images,
+        )
     if info.shape[0] != info.shape[1]:
         raise ParticleIOError(
             f"{path}: images are not square {info.shape}; re-extract with a square box"
@@ -407,9 +415,12 @@ def read_particles(
     Raises
     ------
     ParticleIOError
-        For an unknown extension, an unreadable file, a STAR file without particles
-        or ``rlnImageName``, missing stack files, indices past the end of a stack,
-        non-square images or box sizes that differ between stacks.
+        For an unknown extension, an unreadable or damaged file, a STAR file without
+        particles or ``rlnImageName``, missing stack files, indices past the end of a
+        stack, an MRC file whose size disagrees with its header, a 3-D volume given
+        as a bare stack, non-square images or box sizes that differ between stacks.
+        A bad metadata value raises its subclass
+        :class:`~cryomanifold.errors.MetadataError`, naming the row and column.
     """
     source = Path(path)
     kind = SUFFIXES.get(source.suffix.lower())

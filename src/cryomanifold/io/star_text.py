@@ -58,8 +58,9 @@ def duplicate_block(text: str) -> str | None:
 def empty_block(text: str) -> str | None:
     """The first data block with nothing in it (no loop, no value), or None."""
     matches = list(_DATA.finditer(text))
-    for match, after in zip(matches, [*matches[1:], None], strict=True):
-        body = text[match.end() : after.start() if after is not None else len(text)]
+    ends = [m.start() for m in matches[1:]] + [len(text)]
+    for match, end in zip(matches, ends[: len(matches)], strict=True):
+        body = text[match.end() : end]
         lines = [ln.strip() for ln in body.splitlines()]
         if not any(ln and not ln.startswith("#") for ln in lines):
             return match.group(1)

@@ -21,7 +21,7 @@ import pandas as pd
 import starfile
 
 from cryomanifold._atomic import atomic_path, check_writable
-from cryomanifold.io.base import ParticleSource, refuse_input
+from cryomanifold.io.base import ParticleSource, refuse_input, same_values
 
 __all__ = ["FLOAT_FORMAT", "add_columns", "backup_name", "write_star"]
 
@@ -47,13 +47,6 @@ def backup_name(name: str, taken: set[str] | pd.Index) -> str:
     while candidate in taken:
         candidate, k = f"{base}{k}", k + 1
     return candidate
-
-
-def _same(old: np.ndarray, new: np.ndarray) -> bool:
-    try:
-        return old.shape == new.shape and bool(np.all(old == new))
-    except (TypeError, ValueError):
-        return False
 
 
 def add_columns(
@@ -90,7 +83,7 @@ def add_columns(
             )
         if name in out.columns and name in table.columns:
             old = table[name].to_numpy()
-            if not _same(old, arr):
+            if not same_values(old, arr):
                 keep = backup_name(name, {*out.columns, *backups, *extra})
                 backups[keep] = old
                 logger.info(
