@@ -36,8 +36,15 @@ from cryomanifold.atlas.runfolder import (
     read_run_info,
 )
 from cryomanifold.atlas.selection import Selection, check_selection_run, read_selection
+from cryomanifold.errors import OutputRefusedError
 
-__all__ = ["ExportResult", "export_selection", "parse_class_list", "particle_mask"]
+__all__ = [
+    "ExportResult",
+    "check_output_is_safe",
+    "export_selection",
+    "parse_class_list",
+    "particle_mask",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +90,12 @@ def parse_class_list(text: str) -> tuple[int, ...]:
                 f"invalid class list {text!r}: {item!r} is not a class number; "
                 "write e.g. --classes 3,5,8"
             ) from None
-        if first < 1 or last < first:
+        if first < 1:
             raise ValueError(f"invalid class list {text!r}: {item!r} (class numbers start at 1)")
+        if last < first:
+            raise ValueError(
+                f"invalid class list {text!r}: the range {item!r} is reversed; write {last}-{first}"
+            )
         out.update(range(first, last + 1))
     if not out:
         raise ValueError(f"invalid class list {text!r}: no class number in it")
@@ -158,6 +169,46 @@ def _output_format(out: Path) -> str:
     raise ValueError(f"{out}: the output must end with .star (RELION) or .cs (cryoSPARC)")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output_is_safe(
+    out: str | os.PathLike[str], run_dir: str | os.PathLike[str], info: dict[str, Any]
+) -> None:
+    """Refuse an export that would replace the run's input or write into the run folder.
+
+    ``--overwrite`` only replaces earlier exports: never the file the run was made
+    from (``run.json`` ``input.path``), and nothing inside the run folder, whose
+    files must stay as the run wrote them.
+
+    Raises
+    ------
+    OutputRefusedError
+        Naming ``out`` and what it would have replaced.
+    """
+    target, run = Path(out), Path(run_dir)
+    given = info.get("input", {}).get("path") if isinstance(info.get("input"), dict) else None
+    if isinstance(given, str) and given and _same_file(target, Path(given)):
+        raise OutputRefusedError(
+            f"{target} is the input of the run in {run} ({given}); export never replaces a "
+            "run's input: choose another --out"
+        )
+    resolved, run_resolved = target.resolve(), run.resolve()
+    inside = run_resolved in resolved.parents or resolved == run_resolved
+    if not inside and target.exists():
+        inside = any(_same_file(target, f) for f in run.iterdir() if f.is_file())
+    if inside:
+        raise OutputRefusedError(
+            f"{target} is inside the run folder {run}; export writes beside the run, never "
+            f"into it (its files must stay as the run wrote them): choose e.g. "
+            f"--out {run.parent / target.name}"
+        )
+
+
 def _resolve_selection(
     selection: Selection | str | os.PathLike[str] | None, info: dict[str, Any]
 ) -> Selection | None:
@@ -204,7 +255,8 @@ def export_selection(
     invert : bool
         Write the complement of the selection instead.
     overwrite : bool
-        Replace an existing ``out_path``.
+        Replace an existing ``out_path`` (an earlier export; never the run's input
+        or a file of the run folder).
 
     Returns
     -------
@@ -214,6 +266,9 @@ def export_selection(
     ------
     FileExistsError
         If ``out_path`` exists and ``overwrite`` is False.
+    OutputRefusedError
+        If ``out_path`` is the run's input or inside the run folder (even with
+        ``overwrite``: it only replaces earlier exports).
     RunMismatchError
         If ``selection`` was made for another run.
     ValueError
@@ -223,8 +278,9 @@ def export_selection(
         raise ValueError("give either a selection or class numbers, not both")
     out = Path(out_path)
     file_format = _output_format(out)
-    check_writable(out, overwrite=overwrite)
     info = read_run_info(run_dir)
+    check_output_is_safe(out, run_dir, info)
+    check_writable(out, overwrite=overwrite)
     sel = _resolve_selection(selection, info)
     classes = read_classes(run_dir)
     known = set(classes["class_number"].tolist())

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cryomanifold.embedding import UMAPReference
+from cryomanifold.errors import CryomanifoldError
 from cryomanifold.manifold import LinearPCA, ParticleManifold, gmm_from_arrays
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "SavedModel", "load_model", "save_model"]
@@ -80,7 +81,7 @@ _PARAMS = (
 )
 
 
-class ModelFileError(ValueError):
+class ModelFileError(CryomanifoldError, ValueError):
     """A model folder that is not ours, is damaged, or does not fit the data."""
 
 

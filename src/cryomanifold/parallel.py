@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
@@ -67,6 +68,27 @@ def _warm_worker(cache_dir: str | None) -> str:
     import cryomanifold.manifold  # noqa: F401
 
     return os.environ["NUMBA_CACHE_DIR"]
+
+
+class _Inflight:
+    """Counts the tasks running in this process's threads; ``wait_idle`` waits for none."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._count == 0)
 
 
 class TaskRunner:
@@ -226,6 +248,11 @@ class TaskRunner:
         from dask.callbacks import Callback
 
         keys = {f"{func.__name__}-{i}": w for i, w in enumerate(weights)}
+        inflight = _Inflight()
+
+        def guarded(item: T, shared: Any) -> R:
+            with inflight:
+                return func(item, shared)
 
         class _Progress(Callback):
             def _posttask(
@@ -234,11 +261,18 @@ class TaskRunner:
                 bar.update(keys.get(key if isinstance(key, str) else str(key), 0))
 
         tasks = [
-            dask.delayed(func, pure=False)(item, shared, dask_key_name=name)
+            dask.delayed(guarded, pure=False)(item, shared, dask_key_name=name)
             for item, name in zip(items, keys, strict=True)
         ]
         with _Progress(), limit_threads(1 if self.threads > 1 else None):
-            results = dask.compute(*tasks, scheduler="threads", num_workers=self.threads)
+            try:
+                results = dask.compute(*tasks, scheduler="threads", num_workers=self.threads)
+            except BaseException:
+                # dask re-raises a task's error (or Ctrl-C) at once while the other tasks
+                # in its pool run on: let them finish, so that nothing of this run is
+                # still writing (or using the cores) once the error leaves the runner
+                inflight.wait_idle()
+                raise
         return list(results)
 
     def _map_distributed(

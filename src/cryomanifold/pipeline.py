@@ -109,6 +109,7 @@ def run(
     overwrite: bool = False,
     resume: bool = False,
     datadir: str | os.PathLike[str] | None = None,
+    pixel_size_angstrom: float | None = None,
     execution: Execution | None = None,
 ) -> RunResult:
     """Classify a particle stack and write the output contract into ``out_dir``.
@@ -128,6 +129,8 @@ def run(
     datadir : path, optional
         Folder to look in first for the stack files the metadata names (see
         :func:`cryomanifold.io.read_particles`).
+    pixel_size_angstrom : float, optional
+        Use this pixel size instead of the one in the metadata or MRC header.
     execution : Execution, optional
         Threads, or a Dask cluster, for the heavy stages.
 
@@ -153,7 +156,7 @@ def run(
         check_output_dir(out, overwrite=overwrite)
     _check_input_outside(source, out)
     t_start = time.perf_counter()
-    stack = read_particles(source, datadir=datadir)
+    stack = read_particles(source, datadir=datadir, pixel_size_angstrom=pixel_size_angstrom)
     folder = RunFolder(out)
     try:
         with folder.locked():  # creates the folder, only once the input is readable
@@ -328,6 +331,7 @@ def _write_outputs(
         "input": {"path": str(source.resolve()), "kind": stack.kind},
         "n_particles": len(stack),
         "n_skipped": int(feat["n_skipped"]),
+        "n_duplicate_rows": int(getattr(stack, "n_duplicates", 0)),
         "n_classes": k,
         "n_junk_classes": int(classes.flags.sum()),
         "n_junk_particles": int(called.junk[good].sum()),

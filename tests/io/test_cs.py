@@ -57,9 +57,12 @@ def test_cs_existing_field_replaced(
     stack = read_particles(cs_project.path)
     out = write_cs(tmp_path / "o.cs", stack, {"ctf/cs_mm": np.full(7, 0.01)})
     new = np.load(out)
-    assert new.dtype.names == stack.cs_records.dtype.names
+    # replaced where it stands; the old values are kept in an appended field
+    assert new.dtype.names == (*stack.cs_records.dtype.names, "cm/input_cs_mm")
     np.testing.assert_array_equal(new["ctf/cs_mm"], 0.01)
+    np.testing.assert_array_equal(new["cm/input_cs_mm"], stack.cs_records["ctf/cs_mm"])
     assert "replacing the existing field ctf/cs_mm" in caplog.text
+    assert "kept in cm/input_cs_mm" in caplog.text
 
 
 def test_write_cs_guards(cs_project, relion30, tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cryomanifold.io import ParticleIOError, read_particles, write_mrcs
-from cryomanifold.io.mrc import MemmapCache, convert_to_float32, stack_info
+from cryomanifold.io.memmap import MemmapCache
+from cryomanifold.io.mrc import convert_to_float32, stack_info
 
 
 def _write(path: Path, data: np.ndarray, pixel: float = 1.7) -> None:

@@ -77,7 +77,11 @@ def test_betagal_round_trip(shared_data: Path, tmp_path: Path) -> None:
                 new[block][col].to_numpy(), old[block][col].to_numpy(), err_msg=col
             )
     np.testing.assert_array_equal(new["particles"]["rlnClassNumber"], labels)
-    assert list(new["particles"].columns)[-1] == "cmJunkScore"
+    # the new column, then the Class2D classes that rlnClassNumber held before
+    assert list(new["particles"].columns)[-2:] == ["cmJunkScore", "cmInputClassNumber"]
+    np.testing.assert_array_equal(
+        new["particles"]["cmInputClassNumber"], old["particles"]["rlnClassNumber"]
+    )
 
 
 def test_empiar10076_star_cs_and_mrc_agree(shared_data: Path, tmp_path: Path) -> None:

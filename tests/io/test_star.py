@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import starfile
 
+from cryomanifold.errors import OutputRefusedError
 from cryomanifold.io import ParticleIOError, read_particles, write_mrcs, write_star
 
 
@@ -138,9 +139,14 @@ def test_existing_column_is_replaced_in_place(
     new_labels = np.full(len(stack), 42)
     out = write_star(tmp_path / "o.star", stack, {"rlnClassNumber": new_labels})
     written = starfile.read(out)["particles"]
-    assert list(written.columns) == cols
+    # replaced where it stands; the input's classes are kept as _cmInputClassNumber
+    assert list(written.columns) == [*cols, "cmInputClassNumber"]
     np.testing.assert_array_equal(written["rlnClassNumber"], new_labels)
+    np.testing.assert_array_equal(
+        written["cmInputClassNumber"], stack.metadata["rlnClassNumber"].to_numpy()
+    )
     assert "replacing the existing column rlnClassNumber" in caplog.text
+    assert "kept in cmInputClassNumber" in caplog.text
     assert (stack.metadata["rlnClassNumber"] != 42).all()  # the stack's table is unchanged
 
 
@@ -154,7 +160,7 @@ def test_write_star_guards(relion31, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"cmY.*one value per particle"):
         write_star(tmp_path / "p.star", stack, {"cmY": np.zeros(5)})
     assert not (tmp_path / "p.star").exists()
-    with pytest.raises(ParticleIOError, match="input"):
+    with pytest.raises(OutputRefusedError, match="input"):
         write_star(relion31.path, stack, {}, overwrite=True)
 
 

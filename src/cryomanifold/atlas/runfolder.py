@@ -48,12 +48,14 @@ CS_FIELDS = {
     "junk_score": "cm/junk_score",
 }
 
-_HINT = "is it the output folder of 'cryomanifold run'?"
+
+def _hint(folder: Path) -> str:
+    return f"is {folder} the output folder of 'cryomanifold run'?"
 
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; {path.parent} {_HINT}")
+        raise FileNotFoundError(f"{path} not found; {_hint(path.parent)}")
     return path
 
 
@@ -78,9 +80,9 @@ def read_run_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); rerun 'cryomanifold run'") from exc
     if not isinstance(info, dict) or not isinstance(info.get("run_id"), str):
-        raise ValueError(f"{path} has no 'run_id'; {path.parent} {_HINT}")
+        raise ValueError(f"{path} has no 'run_id'; {_hint(path.parent)}")
     if not isinstance(info.get("n_particles"), int):
-        raise ValueError(f"{path} has no integer 'n_particles'; {path.parent} {_HINT}")
+        raise ValueError(f"{path} has no integer 'n_particles'; {_hint(path.parent)}")
     return info
 
 
@@ -97,7 +99,7 @@ def read_classes(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     table = pd.read_csv(path)
     missing = {"class_number", "size", "junk"} - set(table.columns)
     if missing:
-        raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; {path.parent} {_HINT}")
+        raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; {_hint(path.parent)}")
     table = table.sort_values("class_number", kind="stable").reset_index(drop=True)
     table["class_number"] = table["class_number"].astype(np.int64)
     table["size"] = table["size"].astype(np.int64)
@@ -138,7 +140,7 @@ def read_particles_star(
     name = particle_block_name(blocks, source=str(path))
     missing = [c for c in require_columns if c not in blocks[name].columns]
     if missing:
-        raise ValueError(f"{path} lacks the column(s) {missing}; {path.parent} {_HINT}")
+        raise ValueError(f"{path} lacks the column(s) {missing}; {_hint(path.parent)}")
     return blocks, name
 
 
@@ -162,7 +164,7 @@ def read_particles_cs(run_dir: str | os.PathLike[str]) -> npt.NDArray[np.void]:
         except ValueError as exc:
             raise ValueError(f"{path} could not be read as a structured array: {exc}") from exc
     if data.dtype.names is None or CS_FIELDS["class"] not in data.dtype.names:
-        raise ValueError(f"{path} has no field {CS_FIELDS['class']!r}; {path.parent} {_HINT}")
+        raise ValueError(f"{path} has no field {CS_FIELDS['class']!r}; {_hint(path.parent)}")
     return data
 
 

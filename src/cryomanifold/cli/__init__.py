@@ -2,7 +2,10 @@
 
 Each subcommand lives in its own module with a ``main(argv) -> int`` that can be
 called in-process (tests do); this module only dispatches, importing the
-subcommand's module lazily so that ``cryomanifold --help`` is fast.
+subcommand's module lazily so that ``cryomanifold --help`` is fast. Every
+subcommand runs inside the one error path of :mod:`cryomanifold.cli._errors`:
+expected errors print one line and exit 1, Ctrl-C exits 130, a bug exits 70 with
+its traceback in a log file.
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cryomanifold: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    module = importlib.import_module(COMMANDS[name][0])
-    result: int = module.main(args[1:])
-    return result
+    from cryomanifold.cli._errors import out_folder_arg, run_command
+
+    def body() -> int:
+        module = importlib.import_module(COMMANDS[name][0])
+        result: int = module.main(args[1:])
+        return result
+
+    return run_command(name, body, out_dir=out_folder_arg(args[1:]), argv=args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,9 +14,10 @@ particles, and box/lasso/class selection that downloads selection.json for
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from cryomanifold.cli._errors import run_command
 
 __all__ = ["build_parser", "main"]
 
@@ -56,18 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryomanifold atlas`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     args = build_parser().parse_args(argv)
+    log_argv = None if argv is None else ["atlas", *argv]
+    return run_command("atlas", lambda: _atlas(args), argv=log_argv)
+
+
+def _atlas(args: argparse.Namespace) -> int:
     from cryomanifold.atlas import write_atlas_html
 
-    try:
-        # write_atlas_html logs "wrote PATH (n particles, size)" (INFO).
-        write_atlas_html(
-            args.run_dir,
-            args.out,
-            overwrite=args.overwrite,
-            max_image_box=args.max_image_box,
-            compress=args.compress,
-        )
-    except (OSError, ValueError) as exc:
-        print(f"cryomanifold atlas: error: {exc}", file=sys.stderr)
-        return 1
+    # write_atlas_html logs "wrote PATH (n particles, size)" (INFO).
+    write_atlas_html(
+        args.run_dir,
+        args.out,
+        overwrite=args.overwrite,
+        max_image_box=args.max_image_box,
+        compress=args.compress,
+    )
     return 0

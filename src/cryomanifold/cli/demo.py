@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy.typing as npt
+
+from cryomanifold.cli._errors import run_command
 
 __all__ = ["build_parser", "main", "write_report"]
 
@@ -124,30 +125,35 @@ def write_report(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryomanifold demo``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    return run_command(
+        "demo",
+        lambda: _demo(args),
+        out_dir=args.out,
+        argv=None if argv is None else ["demo", *argv],
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
     from cryomanifold._atomic import check_output_dir
     from cryomanifold.pipeline import RunConfig, run
     from cryomanifold.simulate import BUILTIN_MODELS, simulate_dataset
 
     out: Path = args.out
     sim_dir = out / "simulated"
-    try:
-        check_output_dir(out, overwrite=args.overwrite)
-        t0 = time.perf_counter()
-        star = simulate_dataset(
-            [f"builtin:{name}" for name in BUILTIN_MODELS],
-            n_per_model=args.n_per_model,
-            junk_fraction=args.junk_fraction,
-            out_dir=sim_dir,
-            box_size=128,
-            pixel_size_angstrom=2.0,
-            seed=args.seed,
-            overwrite=True,
-        )
-        t_sim = time.perf_counter() - t0
-        result = run(star, out, RunConfig(seed=args.seed, progress=not args.quiet), overwrite=True)
-    except (OSError, ValueError) as exc:
-        print(f"cryomanifold demo: error: {exc}", file=sys.stderr)
-        return 1
+    check_output_dir(out, overwrite=args.overwrite)
+    t0 = time.perf_counter()
+    star = simulate_dataset(
+        [f"builtin:{name}" for name in BUILTIN_MODELS],
+        n_per_model=args.n_per_model,
+        junk_fraction=args.junk_fraction,
+        out_dir=sim_dir,
+        box_size=128,
+        pixel_size_angstrom=2.0,
+        seed=args.seed,
+        overwrite=True,
+    )
+    t_sim = time.perf_counter() - t0
+    result = run(star, out, RunConfig(seed=args.seed, progress=not args.quiet), overwrite=True)
     import starfile
 
     truth = starfile.read(star, always_dict=True)["particles"]["cmTruthLabel"].to_numpy()

@@ -10,15 +10,17 @@ The written file has the selected rows of RUN_DIR/particles.star exactly as they
 are there (original columns and optics block included, row order kept), so RELION
 and cryoSPARC import it directly. Write a .cs instead when the run's input was a
 cryoSPARC .cs. selection.json comes from the "Download selection" button of the
-run's atlas.html and is refused for any other run.
+run's atlas.html and is refused for any other run. --out must lie outside RUN_DIR
+and must not be the run's input: --overwrite only replaces earlier exports.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from cryomanifold.cli._errors import run_command
 
 __all__ = ["build_parser", "main"]
 
@@ -63,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         required=True,
-        help="output file, .star (RELION) or .cs (cryoSPARC input runs only)",
+        help="output file, .star (RELION) or .cs (cryoSPARC input runs only); outside "
+        "RUN_DIR, and never the run's input",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
     return p
 
 
@@ -82,22 +85,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "say what to export: --selection, --classes, --exclude-junk or --min-probability"
         )
+    log_argv = None if argv is None else ["export", *argv]
+    return run_command("export", lambda: _export(args), argv=log_argv)
+
+
+def _export(args: argparse.Namespace) -> int:
     from cryomanifold.export import export_selection, parse_class_list
 
-    try:
-        classes = parse_class_list(args.classes) if args.classes is not None else None
-        result = export_selection(
-            args.run_dir,
-            args.out,
-            selection=args.selection,
-            class_numbers=classes,
-            exclude_junk=args.exclude_junk,
-            min_probability=args.min_probability,
-            invert=args.invert,
-            overwrite=args.overwrite,
-        )
-    except (OSError, ValueError) as exc:
-        print(f"cryomanifold export: error: {exc}", file=sys.stderr)
-        return 1
+    classes = parse_class_list(args.classes) if args.classes is not None else None
+    result = export_selection(
+        args.run_dir,
+        args.out,
+        selection=args.selection,
+        class_numbers=classes,
+        exclude_junk=args.exclude_junk,
+        min_probability=args.min_probability,
+        invert=args.invert,
+        overwrite=args.overwrite,
+    )
     # export_selection logs "wrote N of M particles to OUT" (INFO).
     return 0 if result.n_written else 1

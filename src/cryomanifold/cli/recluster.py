@@ -12,7 +12,6 @@ the new classes, averages and junk call.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,22 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryomanifold recluster``; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from cryomanifold.pipeline import RunFolderError, recluster
+    from cryomanifold.pipeline import recluster
 
-    try:
-        apply_thread_limit(args.threads)
-        if args.classes < 1:
-            raise ValueError(f"--classes must be >= 1; got {args.classes}")
-        result = recluster(
-            args.run,
-            args.out,
-            args.classes,
-            overwrite=args.overwrite,
-            execution=execution_from_args(args),
-            datadir=args.datadir,
-        )
-    except (OSError, ValueError, RunFolderError) as exc:
-        print(f"cryomanifold recluster: error: {exc}", file=sys.stderr)
-        return 1
+    apply_thread_limit(args.threads)
+    if args.classes < 1:
+        raise ValueError(f"--classes must be >= 1; got {args.classes}")
+    result = recluster(
+        args.run,
+        args.out,
+        args.classes,
+        overwrite=args.overwrite,
+        execution=execution_from_args(args),
+        datadir=args.datadir,
+    )
     print(summary_line(result))
     return 0

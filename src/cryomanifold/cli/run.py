@@ -15,7 +15,6 @@ run.json, written last.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="most probable members per class used for its average",
     )
     p.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        metavar="ANGSTROM",
+        help="pixel size of the input images in Å, instead of the metadata's or MRC header's",
+    )
+    p.add_argument(
         "--particle-diameter",
         type=float,
         default=None,
@@ -109,36 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryomanifold run`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
-    from cryomanifold.pipeline import RunConfig, RunFolderError, run
+    from cryomanifold.pipeline import RunConfig, run
 
     feature_options = {} if args.n_max is None else {"n_max": args.n_max}
-    try:
-        apply_thread_limit(args.threads)
-        cfg = RunConfig(
-            box=args.box,
-            n_classes=args.classes,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            fit_sample=args.fit_sample or None,
-            max_members=args.max_members,
-            particle_diameter_angstrom=args.particle_diameter,
-            phase_flip=not args.no_phase_flip,
-            atlas=not args.no_atlas,
-            progress=not args.quiet,
-            feature_options=feature_options,
-        )
-        result = run(
-            args.input,
-            args.out,
-            cfg,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            datadir=args.datadir,
-            execution=execution_from_args(args),
-        )
-    except (OSError, ValueError, RunFolderError) as exc:
-        print(f"cryomanifold run: error: {exc}", file=sys.stderr)
-        return 1
+    apply_thread_limit(args.threads)
+    cfg = RunConfig(
+        box=args.box,
+        n_classes=args.classes,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        fit_sample=args.fit_sample or None,
+        max_members=args.max_members,
+        particle_diameter_angstrom=args.particle_diameter,
+        phase_flip=not args.no_phase_flip,
+        atlas=not args.no_atlas,
+        progress=not args.quiet,
+        feature_options=feature_options,
+    )
+    result = run(
+        args.input,
+        args.out,
+        cfg,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        datadir=args.datadir,
+        pixel_size_angstrom=args.pixel_size,
+        execution=execution_from_args(args),
+    )
     print(summary_line(result))
     return 0
 

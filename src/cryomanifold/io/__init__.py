@@ -2,8 +2,15 @@
 
 :func:`read_particles` picks the reader by extension and returns a lazy
 :class:`ParticleStack` (memory-mapped, read in batches); :func:`write_star`,
-:func:`write_cs` and :func:`write_mrcs` write results atomically, keeping every
-input row and column.
+:func:`write_cs` and :func:`write_mrcs` (or :class:`MrcStackWriter`, batch by
+batch) write results atomically, keeping every input block, row and column.
+Every bad input raises a :class:`ParticleIOError` (a
+:class:`~cryomanifold.errors.CryomanifoldError`) that names the file and, for a
+bad metadata value, the row and column (:class:`MetadataError`).
+
+Modules, imports pointing down only: ``base`` (shared types and errors) <-
+``columns``, ``star_text``, ``mrc`` <- ``star``, ``cryosparc``, ``memmap``,
+``stack_files``, ``star_write``, ``mrc_write`` <- ``stack``.
 
 Examples
 --------
@@ -13,12 +20,15 @@ Examples
 ...         ...
 """
 
+from cryomanifold.io.base import MetadataError, ParticleIOError
 from cryomanifold.io.cryosparc import write_cs
-from cryomanifold.io.mrc import ParticleIOError, write_mrcs
+from cryomanifold.io.mrc_write import MrcStackWriter, write_mrcs
 from cryomanifold.io.stack import ParticleStack, read_particles
-from cryomanifold.io.star import write_star
+from cryomanifold.io.star_write import write_star
 
 __all__ = [
+    "MetadataError",
+    "MrcStackWriter",
     "ParticleIOError",
     "ParticleStack",
     "read_particles",

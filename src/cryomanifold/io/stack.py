@@ -13,30 +13,24 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from cryomanifold.ctf import CTFParams
+from cryomanifold.io.base import SUFFIXES, Kind, ParticleIOError
 from cryomanifold.io.cryosparc import read_cs
-from cryomanifold.io.mrc import (
-    MemmapCache,
-    ParticleIOError,
-    check_stacks,
-    convert_to_float32,
-    resolve_stack_paths,
-    stack_info,
-)
+from cryomanifold.io.memmap import MemmapCache
+from cryomanifold.io.mrc import convert_to_float32, refuse_volume, stack_info
+from cryomanifold.io.stack_files import check_stacks, resolve_stack_paths
 from cryomanifold.io.star import StarData, read_star
 
 __all__ = ["ParticleStack", "read_particles"]
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["star", "cs", "mrcs"]
-_SUFFIXES: dict[str, Kind] = {".star": "star", ".cs": "cs", ".mrcs": "mrcs", ".mrc": "mrcs"}
 _DEFAULT_PIXEL_ANGSTROM = 1.0
 
 
@@ -68,6 +62,12 @@ class ParticleStack:
         The RELION 3.1+ optics table; None for RELION 3.0 and other inputs.
     cs_records : ndarray or None
         The cryoSPARC structured array as read, for a .cs input.
+    star_tables : StarData or None
+        Every block of the STAR file as read, for a .star input (what
+        :func:`~cryomanifold.io.write_star` writes back).
+    n_duplicates : int
+        Rows that name an image an earlier row already names (counted and logged
+        on reading; they are kept).
     """
 
     def __init__(
@@ -101,6 +101,12 @@ class ParticleStack:
         self._image_index = np.asarray(image_index, dtype=np.int64)
         self._max_open_files = int(max_open_files)
         self._cache = MemmapCache(self._max_open_files)
+        self.n_duplicates = _count_duplicates(self.path, self._file_index, self._image_index)
+
+    @property
+    def star_tables(self) -> StarData | None:
+        """Every block of the STAR input as read (None for other inputs)."""
+        return self._star
 
     # -- container protocol ------------------------------------------------------------
     def __len__(self) -> int:
@@ -311,6 +317,28 @@ class ParticleStack:
         return (k + "@" + files).to_numpy(dtype=object)
 
 
+def _count_duplicates(path: Path, file_index: np.ndarray, image_index: np.ndarray) -> int:
+    """Rows naming an image that an earlier row names too; logged with the first pair."""
+    if len(file_index) < 2:
+        return 0
+    keys = file_index * (int(image_index.max()) + 1) + image_index  # one int64 per image
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    first_row = first[np.asarray(inverse).reshape(-1)]
+    repeats = np.flatnonzero(first_row != np.arange(len(file_index)))
+    if repeats.size:
+        row = int(repeats[0])
+        logger.warning(
+            "%s: %d rows repeat an image already listed (row %d is the same image as row %d); "
+            "they are kept and classified as separate particles. Remove duplicates "
+            "(e.g. RELION's Subset selection: Remove duplicates) if that is not intended",
+            path,
+            repeats.size,
+            row + 1,
+            int(first_row[row]) + 1,
+        )
+    return int(repeats.size)
+
+
 def _is_run(values: np.ndarray) -> bool:
     """Whether ``values`` are consecutive ascending integers."""
     return bool(values[-1] - values[0] == len(values) - 1 and np.all(np.diff(values) == 1))
@@ -321,7 +349,9 @@ def _choose_pixel_size(
 ) -> float:
     if override is not None:
         if not override > 0:
-            raise ValueError(f"pixel_size_angstrom must be positive, got {override}")
+            raise ParticleIOError(
+                f"{source}: the pixel size given must be positive, got {override}"
+            )
         if metadata is not None and abs(metadata - override) > 1e-3 * override:
             logger.info(
                 "%s: using pixel size %g Å instead of %g Å from the file",
@@ -335,8 +365,8 @@ def _choose_pixel_size(
     if header is not None and header > 0:
         return header
     logger.warning(
-        "%s: no pixel size in the file or the MRC header; using %g Å (pass "
-        "pixel_size_angstrom=... to set it)",
+        "%s: no pixel size in the file or the MRC header; using %g Å (sizes in Å will "
+        "be wrong: set the pixel size in the metadata or the MRC header)",
         source,
         _DEFAULT_PIXEL_ANGSTROM,
     )
@@ -345,6 +375,15 @@ def _choose_pixel_size(
 
 def _read_bare(path: Path, pixel_size_angstrom: float | None, max_open_files: int) -> ParticleStack:
     info = stack_info(path)
+    refuse_volume(info)
+    if 1 <= info.space_group <= 230 and info.n_images > 1:
+        logger.info(
+            "%s: the header marks a volume (space group %d); reading its %d sections as "
+            "particle images (cryoSPARC writes particle stacks this way)",
+            path,
+            info.space_group,
+            info.n_images,
+        )
     if info.shape[0] != info.shape[1]:
         raise ParticleIOError(
             f"{path}: images are not square {info.shape}; re-extract with a square box"
@@ -400,12 +439,15 @@ def read_particles(
     Raises
     ------
     ParticleIOError
-        For an unknown extension, an unreadable file, a STAR file without particles
-        or ``rlnImageName``, missing stack files, indices past the end of a stack,
-        non-square images or box sizes that differ between stacks.
+        For an unknown extension, an unreadable or damaged file, a STAR file without
+        particles or ``rlnImageName``, missing stack files, indices past the end of a
+        stack, an MRC file whose size disagrees with its header, a 3-D volume given
+        as a bare stack, non-square images or box sizes that differ between stacks.
+        A bad metadata value raises its subclass
+        :class:`~cryomanifold.errors.MetadataError`, naming the row and column.
     """
     source = Path(path)
-    kind = _SUFFIXES.get(source.suffix.lower())
+    kind = SUFFIXES.get(source.suffix.lower())
     if kind is None:
         raise ParticleIOError(
             f"{source}: unknown particle file type {source.suffix!r}; give a "

@@ -3,38 +3,34 @@
 Reading turns the particles table into what a :class:`~cryomanifold.io.ParticleStack`
 needs: per-row stack file and 0-based image index (from ``rlnImageName``,
 ``k@stack.mrcs`` with 1-based ``k``), pixel size and per-particle CTF (optics
-values merged onto particles by ``rlnOpticsGroup``). Writing keeps every input
-block, row and column and appends new columns.
+values merged onto particles by ``rlnOpticsGroup``). Every value used is checked
+(:mod:`~cryomanifold.io.columns`) and the text is checked for what the table parser
+gets wrong (:mod:`~cryomanifold.io.star_text`). Writing is in
+:mod:`~cryomanifold.io.star_write`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import starfile
 
-from cryomanifold._atomic import atomic_path, check_writable
 from cryomanifold.ctf import CTFParams
-from cryomanifold.io._float32 import decimal_float32
-from cryomanifold.io.mrc import ParticleIOError
+from cryomanifold.io.base import MetadataError, ParticleIOError, one_line
+from cryomanifold.io.columns import as_float, as_index, fmt_value, require
+from cryomanifold.io.star_text import duplicate_block, layout_problem, read_text
 
-if TYPE_CHECKING:
-    from cryomanifold.io.stack import ParticleStack
-
-__all__ = ["StarData", "parse_image_names", "read_star", "write_star"]
+__all__ = ["StarData", "parse_image_names", "read_star"]
 
 logger = logging.getLogger(__name__)
 
-#: Float format for written tables: enough digits to give back the parsed float64.
-FLOAT_FORMAT = "%.15g"
 _PIXEL_RTOL = 1e-3
 _CTF_REQUIRED = (
     "rlnDefocusU",
@@ -89,7 +85,9 @@ class StarData:
         return None if self.optics_key is None else self.blocks[self.optics_key]
 
 
-def parse_image_names(names: pd.Series, *, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def parse_image_names(
+    names: pd.Series, *, path: Path, block: str = "particles"
+) -> tuple[np.ndarray, np.ndarray]:
     """Split ``rlnImageName`` values ``k@stack.mrcs`` into stack file and 0-based index.
 
     A name without ``@`` is a single-image file (index 0).
@@ -100,6 +98,8 @@ def parse_image_names(names: pd.Series, *, path: Path) -> tuple[np.ndarray, np.n
         The ``rlnImageName`` column.
     path : Path
         The STAR file, for error messages.
+    block : str
+        The data block of the column, for error messages.
 
     Returns
     -------
@@ -109,19 +109,26 @@ def parse_image_names(names: pd.Series, *, path: Path) -> tuple[np.ndarray, np.n
 
     Raises
     ------
-    ParticleIOError
+    MetadataError
         If a ``k`` is not a positive integer or a file name is empty.
     """
     parts = names.astype(str).str.partition("@")
     has_at = (parts[1] == "@").to_numpy()
     files = np.where(has_at, parts[2].to_numpy(dtype=object), parts[0].to_numpy(dtype=object))
-    k = pd.to_numeric(parts[0].where(has_at, "1"), errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(k) | (k < 1) | (k != np.round(k)) | (files == "")
+    k = pd.to_numeric(parts[0].where(has_at, "1"), errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(k) | (k < 1) | (k != np.round(k)) | (k > 2.0**62) | (files == "")
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ParticleIOError(
-            f"{path}: row {row + 1} of the particles table has rlnImageName "
-            f"{names.iloc[row]!r}; expected 'k@stack.mrcs' with a 1-based integer k"
+        raise MetadataError(
+            path,
+            "rlnImageName",
+            row + 1,
+            f"is {fmt_value(names.iloc[row])}; expected 'k@stack.mrcs' with a 1-based "
+            "whole number k",
+            block=block,
         )
     return files, k.astype(np.int64) - 1
 
@@ -148,12 +155,17 @@ def _find_blocks(blocks: dict[str, Any], path: Path) -> tuple[str, str | None]:
             "this looks like a micrograph or coordinate file, give the extracted particles "
             "STAR file instead"
         )
+    if len(tables[particles_key]) == 0:
+        raise ParticleIOError(
+            f"{path}: the particles table (data_{particles_key}) has no rows; there are no "
+            "particles to read (was the file written by a job that selected nothing?)"
+        )
     optics_key = "optics" if "optics" in tables else None
     return particles_key, optics_key
 
 
 def _optics_rows(
-    particles: pd.DataFrame, optics: pd.DataFrame | None, path: Path
+    particles: pd.DataFrame, optics: pd.DataFrame | None, path: Path, key: str
 ) -> np.ndarray | None:
     """Row of the optics table for each particle, or None without optics."""
     if optics is None or len(optics) == 0:
@@ -166,78 +178,145 @@ def _optics_rows(
             f"{path}: {len(optics)} optics groups but no rlnOpticsGroup "
             "column to assign particles to them"
         )
-    rows = pd.Index(optics["rlnOpticsGroup"]).get_indexer(particles["rlnOpticsGroup"])
+    groups = as_float(optics["rlnOpticsGroup"], path=path, column="rlnOpticsGroup", block="optics")
+    first = pd.Index(groups).duplicated()
+    if first.any():
+        row = int(np.flatnonzero(first)[0])
+        raise MetadataError(
+            path,
+            "rlnOpticsGroup",
+            row + 1,
+            f"repeats optics group {fmt_value(groups[row])}; each group must be listed once",
+            block="optics",
+        )
+    wanted = as_float(particles["rlnOpticsGroup"], path=path, column="rlnOpticsGroup", block=key)
+    rows = pd.Index(groups).get_indexer(wanted)
     if (rows < 0).any():
         row = int(np.flatnonzero(rows < 0)[0])
-        raise ParticleIOError(
-            f"{path}: row {row + 1} of the particles table has rlnOpticsGroup "
-            f"{particles['rlnOpticsGroup'].iloc[row]!r}, which is not in the optics table"
+        known = ", ".join(fmt_value(g) for g in groups[:10])
+        raise MetadataError(
+            path,
+            "rlnOpticsGroup",
+            row + 1,
+            f"is {fmt_value(wanted[row])}, which is not in the optics table (groups: {known})",
+            block=key,
         )
     return np.asarray(rows, dtype=np.int64)
 
 
-def _per_particle(
-    name: str, particles: pd.DataFrame, optics: pd.DataFrame | None, rows: np.ndarray | None
-) -> np.ndarray | None:
-    """Values of ``name`` per particle: the particle column, else the optics group's value."""
-    if name in particles.columns:
-        return particles[name].to_numpy(dtype=np.float64)
-    if optics is not None and rows is not None and name in optics.columns:
-        return optics[name].to_numpy(dtype=np.float64)[rows]
-    return None
+@dataclass(frozen=True)
+class _Tables:
+    """The particles and optics tables of one file, and how particles map to optics rows."""
+
+    path: Path
+    particles: pd.DataFrame
+    key: str
+    optics: pd.DataFrame | None
+    rows: np.ndarray | None
+
+    def column(self, name: str) -> np.ndarray | None:
+        """Finite float64 values of ``name`` per particle, from the particles table or else
+        the particle's optics group; None when neither has the column."""
+        if name in self.particles.columns:
+            return as_float(self.particles[name], path=self.path, column=name, block=self.key)
+        if self.optics is not None and self.rows is not None and name in self.optics.columns:
+            values = as_float(self.optics[name], path=self.path, column=name, block="optics")
+            return values[self.rows]
+        return None
+
+    def block_of(self, name: str) -> str:
+        return self.key if name in self.particles.columns else "optics"
 
 
-def _uniform(values: np.ndarray, what: str, path: Path) -> float:
-    if not np.all(np.isfinite(values) & (values > 0)):
-        row = int(np.flatnonzero(~(np.isfinite(values) & (values > 0)))[0])
-        raise ParticleIOError(
-            f"{path}: row {row + 1} has {what} {values[row]}; expected a "
-            "positive number (or pass pixel_size_angstrom=...)"
-        )
+def _uniform(values: np.ndarray, name: str, tables: _Tables) -> float:
+    require(
+        values,
+        lambda v: v > 0,
+        "a positive number of Å per pixel",
+        path=tables.path,
+        column=name,
+        block=tables.block_of(name),
+    )
     lo, hi = float(values.min()), float(values.max())
     if hi - lo > _PIXEL_RTOL * hi:
         raise ParticleIOError(
-            f"{path}: {what} varies between particles ({lo} to {hi}); "
-            "split the file by optics group and classify each separately"
+            f"{tables.path}: the pixel size ({name}) varies between particles ({lo} to {hi} "
+            "Å); split the file by optics group and classify each separately"
         )
     return float(np.median(values))
 
 
-def _pixel_size(
-    particles: pd.DataFrame, optics: pd.DataFrame | None, rows: np.ndarray | None, path: Path
-) -> float | None:
-    values = _per_particle("rlnImagePixelSize", particles, optics, rows)
+def _pixel_size(tables: _Tables) -> float | None:
+    values = tables.column("rlnImagePixelSize")
+    name = "rlnImagePixelSize"
     if values is None:
-        detector = _per_particle("rlnDetectorPixelSize", particles, optics, rows)
-        magnification = _per_particle("rlnMagnification", particles, optics, rows)
+        detector = tables.column("rlnDetectorPixelSize")
+        magnification = tables.column("rlnMagnification")
         if detector is None or magnification is None:
             return None
-        values = detector * 1e4 / magnification
-    if len(values) == 0:
+        for column, v in (("rlnDetectorPixelSize", detector), ("rlnMagnification", magnification)):
+            require(
+                v,
+                lambda x: x > 0,
+                "a positive number",
+                path=tables.path,
+                column=column,
+                block=tables.block_of(column),
+            )
+        values, name = detector * 1e4 / magnification, "rlnDetectorPixelSize"
+    return _uniform(values, name, tables)
+
+
+def _box_size(tables: _Tables) -> int | None:
+    if "rlnImageSize" in tables.particles.columns:
+        table, block = tables.particles, tables.key
+    elif tables.optics is not None and "rlnImageSize" in tables.optics.columns:
+        table, block = tables.optics, "optics"
+    else:
         return None
-    return _uniform(values, "pixel size (Å)", path)
+    sizes = as_index(
+        table["rlnImageSize"], path=tables.path, column="rlnImageSize", block=block, minimum=1
+    )
+    if block == "optics" and tables.rows is not None:
+        sizes = sizes[tables.rows]
+    return int(sizes[0]) if len(sizes) and np.all(sizes == sizes[0]) else None
 
 
-def _ctf(
-    particles: pd.DataFrame, optics: pd.DataFrame | None, rows: np.ndarray | None, path: Path
-) -> CTFParams | None:
-    found = {name: _per_particle(name, particles, optics, rows) for name in _CTF_REQUIRED}
+_CTF_RANGES = {
+    "rlnVoltage": (lambda v: v > 0, "a positive voltage in kV"),
+    "rlnAmplitudeContrast": (lambda v: (v >= 0) & (v < 1), "a fraction in [0, 1)"),
+}
+
+
+def _ctf(tables: _Tables) -> CTFParams | None:
+    found = {name: tables.column(name) for name in _CTF_REQUIRED}
     columns = {name: v for name, v in found.items() if v is not None}
     missing = [name for name in _CTF_REQUIRED if name not in columns]
     if missing:
         logger.warning(
-            "%s: no CTF (missing %s); images will not be CTF-corrected", path, ", ".join(missing)
+            "%s: no CTF (missing %s); images will not be CTF-corrected",
+            tables.path,
+            ", ".join(missing),
         )
         return None
-    premultiplied = _per_particle("rlnCtfDataAreCtfPremultiplied", particles, optics, rows)
+    for name, (ok, expected) in _CTF_RANGES.items():
+        require(
+            columns[name],
+            ok,
+            expected,
+            path=tables.path,
+            column=name,
+            block=tables.block_of(name),
+        )
+    premultiplied = tables.column("rlnCtfDataAreCtfPremultiplied")
     if premultiplied is not None and np.any(premultiplied == 1):
         logger.warning(
             "%s: images are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied=1); "
             "phase flipping assumes they are not",
-            path,
+            tables.path,
         )
-    phase = _per_particle("rlnPhaseShift", particles, optics, rows)
-    bfactor = _per_particle("rlnCtfBfactor", particles, optics, rows)
+    phase = tables.column("rlnPhaseShift")
+    bfactor = tables.column("rlnCtfBfactor")
     return CTFParams(
         defocus_u_angstrom=columns["rlnDefocusU"],
         defocus_v_angstrom=columns["rlnDefocusV"],
@@ -248,6 +327,33 @@ def _ctf(
         phase_shift_deg=0.0 if phase is None else phase,
         bfactor_angstrom2=0.0 if bfactor is None else bfactor,
     )
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    """Every block of the file, after checking what ``starfile`` would get wrong."""
+    text = read_text(path)
+    twice = duplicate_block(text)
+    if twice is not None:
+        raise ParticleIOError(
+            f"{path}: the file has two data_{twice} blocks (files joined with 'cat'?); only "
+            "one would be read. Join STAR files with relion_star_handler --combine instead"
+        )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            blocks = dict(starfile.read(path, always_dict=True))
+    except Exception as err:  # starfile raises many types for bad text
+        problem = layout_problem(path, text)
+        raise ParticleIOError(
+            problem or f"{path}: cannot parse as a STAR file ({one_line(err)})"
+        ) from err
+    for w in caught:
+        logger.warning("%s: %s", path, w.message)
+    if any(isinstance(b, pd.DataFrame) and b.isna().to_numpy().any() for b in blocks.values()):
+        problem = layout_problem(path, text)  # a short row reads as NaN
+        if problem is not None:
+            raise ParticleIOError(problem)
+    return blocks
 
 
 def read_star(path: str | os.PathLike[str]) -> StarData:
@@ -266,183 +372,30 @@ def read_star(path: str | os.PathLike[str]) -> StarData:
     Raises
     ------
     ParticleIOError
-        If the file cannot be parsed, has no particles table or no ``rlnImageName``
+        If the file cannot be parsed, has a row with too few or too many values,
+        two blocks of one name, no particles table, no rows or no ``rlnImageName``
         column, or its image names, optics groups or pixel sizes are inconsistent.
+    MetadataError
+        (a ParticleIOError) naming the file, block, 1-based row and column of a
+        value the reader uses that is not a number, NaN, infinite or out of range.
     """
     p = Path(path)
     if not p.is_file():
         raise ParticleIOError(f"{p}: file not found")
-    try:
-        blocks = dict(starfile.read(p, always_dict=True))
-    except Exception as err:  # starfile raises many types for bad text
-        raise ParticleIOError(f"{p}: cannot parse as a STAR file ({err})") from err
+    blocks = _parse(p)
     particles_key, optics_key = _find_blocks(blocks, p)
     particles = blocks[particles_key]
     optics = blocks[optics_key] if optics_key is not None else None
-    files, indices = parse_image_names(particles["rlnImageName"], path=p)
-    rows = _optics_rows(particles, optics, p)
-    box = _per_particle("rlnImageSize", particles, optics, rows)
-    box_size = int(box[0]) if box is not None and len(box) and np.all(box == box[0]) else None
+    files, indices = parse_image_names(particles["rlnImageName"], path=p, block=particles_key)
+    rows = _optics_rows(particles, optics, p, particles_key)
+    tables = _Tables(p, particles, particles_key, optics, rows)
     return StarData(
         blocks=blocks,
         particles_key=particles_key,
         optics_key=optics_key,
         image_files=files,
         image_indices=indices,
-        pixel_size_angstrom=_pixel_size(particles, optics, rows, p),
-        box_size=box_size,
-        ctf=_ctf(particles, optics, rows, p),
+        pixel_size_angstrom=_pixel_size(tables),
+        box_size=_box_size(tables),
+        ctf=_ctf(tables),
     )
-
-
-def add_columns(
-    table: pd.DataFrame, extra: Mapping[str, npt.ArrayLike], *, path: Path
-) -> pd.DataFrame:
-    """A copy of ``table`` with ``extra`` columns appended (existing ones replaced in place).
-
-    Parameters
-    ----------
-    table : DataFrame, n rows
-    extra : mapping of str to array-like of shape (n,)
-        Column names with or without the leading underscore.
-    path : Path
-        The output file, for messages.
-
-    Raises
-    ------
-    ValueError
-        If a column does not have one value per row.
-    """
-    out = table.copy()
-    for raw_name, values in extra.items():
-        name = raw_name.lstrip("_")
-        arr = np.asarray(values)
-        if arr.dtype == np.float32:
-            arr = decimal_float32(arr)  # 0.9736784, not 0.973678410053253
-        if arr.shape != (len(out),):
-            raise ValueError(
-                f"{path}: column {name!r} has shape {arr.shape}; expected "
-                f"({len(out)},), one value per particle"
-            )
-        if name in out.columns:
-            logger.info("%s: replacing the existing column %s", path, name)
-        out[name] = arr
-    return out
-
-
-def _write_blocks(path: Path, blocks: Mapping[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        starfile.write(dict(blocks), tmp, float_format=FLOAT_FORMAT)
-
-
-def _built_blocks(stack: ParticleStack, out_dir: Path) -> dict[str, pd.DataFrame]:
-    """A minimal RELION 3.1 particles + optics table for a .mrcs or .cs input."""
-    particles = pd.DataFrame({"rlnImageName": stack.image_names(relative_to=out_dir)})
-    if stack.cs_records is not None and "location/micrograph_path" in (
-        stack.cs_records.dtype.names or ()
-    ):
-        paths = stack.cs_records["location/micrograph_path"].astype(bytes)
-        particles["rlnMicrographName"] = np.char.lstrip(paths, b">").astype(str)
-    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1]})
-    particles["rlnOpticsGroup"] = 1
-    if stack.ctf is not None:
-        ctf = stack.ctf
-        particles["rlnDefocusU"] = ctf.defocus_u_angstrom
-        particles["rlnDefocusV"] = ctf.defocus_v_angstrom
-        particles["rlnDefocusAngle"] = ctf.defocus_angle_deg
-        particles["rlnPhaseShift"] = ctf.phase_shift_deg
-        particles["rlnCtfBfactor"] = ctf.bfactor_angstrom2
-        keys = np.stack([ctf.voltage_kv, ctf.cs_mm, ctf.amplitude_contrast], axis=1)
-        unique, group = np.unique(keys, axis=0, return_inverse=True)
-        particles["rlnOpticsGroup"] = np.asarray(group).reshape(-1) + 1
-        optics = pd.DataFrame(
-            {
-                "rlnOpticsGroupName": [f"opticsGroup{g}" for g in range(1, len(unique) + 1)],
-                "rlnOpticsGroup": np.arange(1, len(unique) + 1),
-                "rlnVoltage": unique[:, 0],
-                "rlnSphericalAberration": unique[:, 1],
-                "rlnAmplitudeContrast": unique[:, 2],
-            }
-        )
-    optics["rlnImagePixelSize"] = stack.pixel_size_angstrom
-    optics["rlnImageSize"] = stack.box_size
-    optics["rlnImageDimensionality"] = 2
-    if stack.cs_records is not None:
-        _add_coordinates(particles, stack.cs_records)
-    for table in (optics, particles):  # .cs and MRC headers store float32
-        for column in table.columns:
-            if table[column].dtype == np.float64:
-                table[column] = decimal_float32(table[column].to_numpy())
-    return {"optics": optics, "particles": particles}
-
-
-def _add_coordinates(particles: pd.DataFrame, records: np.ndarray) -> None:
-    """``rlnCoordinateX/Y`` (micrograph pixels) from cryoSPARC's ``location/*`` fields."""
-    names = records.dtype.names or ()
-    needed = ("location/center_x_frac", "location/center_y_frac", "location/micrograph_shape")
-    if not all(n in names for n in needed):
-        return
-    shape = np.asarray(records["location/micrograph_shape"]).reshape(len(records), -1)
-    if shape.shape[1] != 2:
-        return
-    particles["rlnCoordinateX"] = records["location/center_x_frac"] * shape[:, 1].astype(float)
-    particles["rlnCoordinateY"] = records["location/center_y_frac"] * shape[:, 0].astype(float)
-
-
-def write_star(
-    path: str | os.PathLike[str],
-    stack: ParticleStack,
-    extra_columns: Mapping[str, npt.ArrayLike],
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Write the stack's particles with extra columns as a RELION STAR file, atomically.
-
-    For a ``.star`` input every block, row and column is kept unchanged and in
-    order (the optics block of RELION 3.1+ included) and ``extra_columns`` are
-    appended to the particles table; a column that already exists (e.g.
-    ``rlnClassNumber`` from an earlier Class2D) is replaced where it stands, and
-    the replacement is logged. For a ``.mrcs`` or ``.cs`` input a minimal RELION
-    3.1 file is built: ``rlnImageName`` as ``k@path`` (path relative to the output
-    folder when possible), the CTF when known, and an optics block with pixel and
-    image size.
-
-    Parameters
-    ----------
-    path : path-like
-        Output ``.star`` file.
-    stack : ParticleStack
-        The particles, in the order of ``extra_columns``.
-    extra_columns : mapping of str to array-like of shape (n,)
-        New columns, e.g. ``{"rlnClassNumber": labels + 1, "cmUMAP1": x}``; the
-        leading underscore is added on writing.
-    overwrite : bool
-        Replace an existing file.
-
-    Returns
-    -------
-    Path
-        The written file.
-
-    Raises
-    ------
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is False.
-    ParticleIOError
-        If ``path`` is the input file itself (inputs are never modified).
-    ValueError
-        If a column does not have one value per particle.
-    """
-    out = check_writable(path, overwrite=overwrite)
-    if out.resolve() == Path(stack.path).resolve():
-        raise ParticleIOError(f"{out}: refusing to overwrite the input file; choose another name")
-    star = getattr(stack, "_star", None)
-    if stack.kind == "star" and star is not None:
-        blocks = dict(star.blocks)
-        key = star.particles_key
-    else:
-        blocks = _built_blocks(stack, out.resolve().parent)
-        key = "particles"
-    blocks[key] = add_columns(blocks[key], extra_columns, path=out)
-    _write_blocks(out, blocks)
-    return out

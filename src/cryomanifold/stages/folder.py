@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cryomanifold._atomic import atomic_path
+from cryomanifold.errors import CryomanifoldError
 from cryomanifold.stages.config import RunConfig
 
 __all__ = ["STAGES", "RunFolder", "RunFolderError"]
@@ -44,6 +45,7 @@ RUN_OUTPUTS = (
     "atlas.html",
     "run.json",
     "run.log",
+    "cryomanifold-error.log",
     "model",
     "stages",
     # RELION and cryoSPARC views of the run (cryomanifold.interop)
@@ -57,7 +59,7 @@ RUN_OUTPUTS = (
 )
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(CryomanifoldError, RuntimeError):
     """The run folder cannot be used as asked (in use, incompatible, incomplete)."""
 
 
