@@ -53,6 +53,11 @@ SECTIONS = [
         "python benchmarks/quality.py --overwrite   # about 5 min; simulations cached in --work",
     ),
     (
+        "real_junk",
+        "Per-particle junk call on real labels",
+        "python benchmarks/real_junk.py --overwrite   # about 10 min on 2 cores",
+    ),
+    (
         "vs_aspire",
         "ASPIRE comparison",
         "pip install -e '.[bench]' && python benchmarks/vs_aspire.py --overwrite   # about 3 min",
@@ -79,8 +84,9 @@ def _body(name: str) -> str:
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
     text = "\n".join("#" + ln if ln.startswith("#") else ln for ln in lines).strip() + "\n"
-    # images sit beside the results: make their links relative to docs/
-    return re.sub(r"\]\((?!http|/|\.\./)([^)]+\.png)\)", r"](../benchmarks/results/\1)", text)
+    # images sit beside the results (or in docs/img): make their links relative to docs/
+    text = text.replace("](../../docs/", "](")
+    return re.sub(r"\]\((?!http|/|\.\./|img/)([^)]+\.png)\)", r"](../benchmarks/results/\1)", text)
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -122,6 +128,19 @@ def _goals() -> list[str]:
             )
         else:
             out.append("- 100k particles end to end: not measured in this run (use --large).")
+    j = _load("real_junk")
+    if j:
+        r, g = j["real"], j["goals"]
+        ok = r["precision"] >= g["precision"] and r["recall"] >= g["recall"]
+        out.append(
+            f"- Per-particle junk call on real β-gal labels: precision {r['precision']:.3f} "
+            f"(goal ≥ {g['precision']}), recall {r['recall']:.3f} (goal ≥ {g['recall']}): "
+            f"{'met' if ok else 'NOT met'}; pure noise flagged {j['noise']['flagged']:.1%} "
+            f"(goal ≥ {g['noise_flagged']:.0%}); noise classes passing the half-set test "
+            f"{j['noise']['classes_consistent']} (goal 0); simulated junk F1 "
+            + ", ".join(f"{s['f1']:.3f} ({k})" for k, s in j["simulated"].items())
+            + f" (goal ≥ {g['sim_f1']})."
+        )
     a = _load("vs_aspire")
     if a:
         out += [f"- ASPIRE, {g}" for g in a.get("goals", [])]

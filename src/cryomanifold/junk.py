@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
+from cryomanifold.junk_signs import _lowpass, particle_mass
 from cryomanifold.preprocess import radial_distance
 
 __all__ = [
@@ -58,20 +59,6 @@ BLUR_RATIO = 6.0
 # particle classes 0.9-1.2x of the same species (up to 1.4x for a heavier second species);
 # real beta-gal classes spread 0.55-1.83x.
 HEAVY_RATIO = 2.5
-
-
-def _lowpass(
-    images: npt.NDArray[np.float32],
-    pixel_size_angstrom: float,
-    cutoff_angstrom: float,
-    workers: int = -1,
-) -> F64:
-    box = images.shape[-1]
-    ky = sfft.fftfreq(box)[:, None]
-    kx = sfft.rfftfreq(box)[None, :]
-    keep = np.hypot(ky, kx) / pixel_size_angstrom < 1.0 / cutoff_angstrom
-    spec = sfft.rfft2(images, workers=workers) * keep
-    return np.asarray(sfft.irfft2(spec, s=(box, box), workers=workers), dtype=np.float64)
 
 
 def particle_contrast(
@@ -112,48 +99,6 @@ def particle_contrast(
     outer = r > 0.42 * box
     v_out = lp[:, outer].var(axis=1)
     return (lp[:, inner].var(axis=1) / np.maximum(v_out, 1e-12)).astype(np.float32)
-
-
-def particle_mass(
-    images: npt.ArrayLike,
-    *,
-    pixel_size_angstrom: float,
-    radius_px: float | None = None,
-    lowpass_angstrom: float = 40.0,
-    workers: int = -1,
-) -> F32:
-    """Integrated density of each low-passed particle above its surroundings.
-
-    The projection of a particle integrates to its mass whatever the viewing
-    direction, so this is about the same for every view of one species (up to the
-    CTF and noise) and scales with the number of particles in the box: aggregates
-    stand out. In units of the background noise (images normalised as in RELION).
-
-    Parameters
-    ----------
-    images : array_like, shape (n, L, L)
-        Normalised particle images.
-    pixel_size_angstrom : float
-    radius_px : float, optional
-        Radius of the integration disk, pixels; default 0.42 L (the edge ring beyond it
-        gives the background level).
-    lowpass_angstrom : float
-        Low-pass cut-off, Å; within the CTF's first lobe for usual defocus.
-    workers : int
-        Threads for scipy.fft.
-
-    Returns
-    -------
-    ndarray, shape (n,), float32
-    """
-    imgs = np.asarray(images, dtype=np.float32)
-    box = imgs.shape[-1]
-    lp = _lowpass(imgs, pixel_size_angstrom, lowpass_angstrom, workers)
-    r = radial_distance(box)
-    edge = r > 0.42 * box
-    disk = r <= (0.42 * box if radius_px is None else min(radius_px, 0.42 * box))
-    level = lp[:, edge].mean(axis=1)
-    return ((lp[:, disk] - level[:, None]).sum(axis=1)).astype(np.float32)
 
 
 def average_detail(

@@ -25,6 +25,7 @@ __all__ = [
     "JunkScores",
     "ViewCoherence",
     "frc",
+    "frc_crossing_angstrom",
     "frc_resolution_angstrom",
     "invariance_error",
     "is_junk_label",
@@ -392,17 +393,31 @@ def frc_resolution_angstrom(
     float
         Resolution in Å.
     """
-    freq, values = frc(image_a, image_b)
-    box = np.asarray(image_a).shape[0]
-    below = np.flatnonzero(values[1:] < threshold) + 1
+    return frc_crossing_angstrom(frc(image_a, image_b)[1], pixel_size_angstrom, threshold)
+
+
+def frc_crossing_angstrom(
+    values: npt.ArrayLike, pixel_size_angstrom: float, threshold: float = 0.5
+) -> float:
+    """Resolution at which an FRC curve (rings 0..L // 2, as :func:`frc` gives) first
+    falls below ``threshold``; see :func:`frc_resolution_angstrom` for the conventions.
+
+    Returns
+    -------
+    float
+        Resolution in Å.
+    """
+    curve = np.asarray(values, dtype=np.float64)
+    box = 2 * (curve.size - 1)
+    below = np.flatnonzero(curve[1:] < threshold) + 1
     if below.size == 0:
         return 2.0 * pixel_size_angstrom
     r = int(below[0])
     if r == 1:
         return box * pixel_size_angstrom
-    v0, v1 = values[r - 1], values[r]
-    f = freq[r - 1] + (freq[r] - freq[r - 1]) * (v0 - threshold) / (v0 - v1)
-    return float(pixel_size_angstrom / f)
+    v0, v1 = curve[r - 1], curve[r]
+    ring = (r - 1) + (v0 - threshold) / (v0 - v1)
+    return float(box * pixel_size_angstrom / ring)
 
 
 # --------------------------------------------------------------------------- invariance
