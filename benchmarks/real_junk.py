@@ -49,7 +49,8 @@ from cryomanifold.halfset import class_half_sets
 from cryomanifold.io import read_particles
 from cryomanifold.junk_call import ParticleCall, call_particles, feature_outlier_z
 from cryomanifold.junk_signs import particle_measures
-from cryomanifold.pipeline import RunConfig, prepare_images, run
+from cryomanifold.pipeline import RunConfig, run
+from cryomanifold.preprocess import prepare_images
 
 log = logging.getLogger("real_junk")
 

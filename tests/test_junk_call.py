@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
 
 from cryomanifold.junk_call import (
@@ -18,9 +15,6 @@ from cryomanifold.junk_call import (
 )
 from cryomanifold.junk_signs import particle_measures
 from junk_data import APIX, edge_stripes, noise, particles, shards
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-BETAGAL = DATA / "real_particles" / "betagal_empiar10204_dev"
 
 
 @pytest.fixture(scope="module")
@@ -112,36 +106,3 @@ def test_robust_z_and_bad_values():
     np.testing.assert_array_equal(call.reason, ["", "bad_values", "bad_values"])
     with pytest.raises(ValueError, match="one value per particle"):
         call_particles({"finite": np.ones(3), "signal_z": np.ones(4)})
-
-
-@pytest.mark.skipif(not BETAGAL.is_dir(), reason="needs ../shared/data (real beta-gal)")
-def test_real_betagal_end_to_end():
-    """Measures streamed per batch and the call on the 920 labelled real particles.
-
-    The labels only measure here (loose bounds under the benchmark's goals).
-    """
-    from cryomanifold.io import read_particles
-    from cryomanifold.pipeline import prepare_images
-
-    stack = read_particles(BETAGAL / "Extract" / "job009" / "particles_ctf_fixed.star")
-    parts = []
-    with stack:
-        for idx, raw in stack.batches(300):
-            prepared, apix = prepare_images(
-                raw, box=64, pixel_size_angstrom=stack.pixel_size_angstrom
-            )
-            parts.append(
-                particle_measures(
-                    prepared, pixel_size_angstrom=apix, ctf=stack.ctf.subset(idx), raw=raw
-                )
-            )
-    measures = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    call = call_particles(measures)
-    labels = pd.read_csv(BETAGAL / "labels" / "labels.csv").sort_values("star_row_index")
-    lab = labels["label"].to_numpy()
-    stripe = labels["note"].str.startswith("edge_stripe").to_numpy() & (lab == "junk")
-    assert (call.reason[stripe] == "edge_stripe").all()
-    tp = (call.junk & (lab == "junk")).sum()
-    assert tp / (call.junk & (lab != "unsure")).sum() > 0.85
-    assert tp / (lab == "junk").sum() > 0.8
-    assert call.junk[lab == "good"].mean() < 0.03

@@ -256,14 +256,31 @@ class UMAPReference:
         -------
         ndarray, shape (n, 2), float32
         """
+        return self.place(points, epochs=epochs, seed=seed)[0]
+
+    def place(self, points: npt.ArrayLike, *, epochs: int = 0, seed: int = 0) -> tuple[F32, F32]:
+        """:meth:`transform`, plus each point's distance from the map's support.
+
+        Returns
+        -------
+        embedding : ndarray, shape (n, 2), float32
+        neighbour_distance : ndarray, shape (n,), float32
+            Mean distance to the ``n_neighbors`` nearest reference points, in the
+            input space (a reference point's own zero distance is left out).
+        """
         x = np.asarray(points, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.points.shape[1]:
             raise ValueError(
                 f"points have shape {x.shape}; the map expects (n, {self.points.shape[1]})"
             )
         if x.shape[0] == 0:
-            return np.empty((0, 2), np.float32)
-        idx, dist = knn(x, self.points, self.n_neighbors)
+            return np.empty((0, 2), np.float32), np.empty(0, np.float32)
+        k = self.n_neighbors
+        idx_all, dist_all = knn(x, self.points, min(k + 1, self.points.shape[0]))
+        own = dist_all[:, 0] == 0  # the point is a reference point
+        far = np.where(own[:, None], dist_all[:, 1:], dist_all[:, :k])
+        spread = far.mean(axis=1).astype(np.float32)
+        idx, dist = idx_all[:, :k], dist_all[:, :k]
         vals = membership_strengths(dist)
         exact = vals >= 1.0
         w = vals / np.maximum(vals.sum(axis=1, keepdims=True), 1e-30)
@@ -274,7 +291,7 @@ class UMAPReference:
             out[hit] = self.embedding[idx[hit, first]]
         if epochs > 0:
             out = self._optimise(out, idx, vals, epochs, seed)
-        return out
+        return out, spread
 
     def _optimise(
         self,

@@ -109,6 +109,7 @@ def particle_mask(
     class_numbers: Iterable[int] | None = None,
     particle_indices: npt.ArrayLike | None = None,
     junk_classes: Iterable[int] = (),
+    junk_particles: npt.ArrayLike | None = None,
     exclude_junk: bool = False,
     min_probability: float | None = None,
     invert: bool = False,
@@ -117,7 +118,8 @@ def particle_mask(
 
     The base selection is ``particle_indices`` if given, else the members of
     ``class_numbers`` if given, else every particle. It is narrowed by
-    ``exclude_junk`` (drop members of ``junk_classes``) and ``min_probability``
+    ``exclude_junk`` (drop the particles called junk, ``junk_particles``, or without
+    that per-particle call the members of ``junk_classes``) and ``min_probability``
     (drop particles with ``probabilities < min_probability``). ``invert``
     complements the final result, so a selection and its inversion partition the
     particles.
@@ -132,6 +134,9 @@ def particle_mask(
     particle_indices : array_like of int, shape (m,), optional
         0-based rows; must lie in ``[0, n)``.
     junk_classes : iterable of int
+    junk_particles : array_like of bool, shape (n,), optional
+        The run's per-particle junk call (``_cmJunk``); it takes precedence over
+        ``junk_classes``, since a class can be partly junk.
     exclude_junk : bool
     min_probability : float, optional
     invert : bool
@@ -153,7 +158,13 @@ def particle_mask(
     else:
         mask = np.ones(n, dtype=bool)
     if exclude_junk:
-        mask &= ~np.isin(lab, np.fromiter(junk_classes, dtype=np.int64))
+        if junk_particles is not None:
+            flagged = np.asarray(junk_particles).astype(bool)
+            if flagged.shape != (n,):
+                raise ValueError(f"junk_particles must have {n} entries; got {flagged.shape}")
+            mask &= ~flagged & (lab > 0)  # class 0: skipped (unreadable) particles
+        else:
+            mask &= ~np.isin(lab, np.fromiter(junk_classes, dtype=np.int64))
     if min_probability is not None:
         if probabilities is None:
             raise ValueError("min_probability needs the particles' class probabilities")
@@ -249,7 +260,8 @@ def export_selection(
     class_numbers : iterable of int, optional
         Keep the members of these classes.
     exclude_junk : bool
-        Drop the members of classes flagged as junk in ``classes.csv``.
+        Drop the particles called junk (``_cmJunk``; for runs made before that column,
+        the members of classes flagged as junk in ``classes.csv``).
     min_probability : float, optional
         Drop particles whose class probability is below this value.
     invert : bool
@@ -295,10 +307,13 @@ def export_selection(
         )
 
     probabilities: npt.NDArray[Any] | None
+    junk_particles: npt.NDArray[Any] | None
     if file_format == "cs":
         records = read_particles_cs(run_dir)
         labels = records[CS_FIELDS["class"]]
         probabilities = records[CS_FIELDS["probability"]]
+        names = records.dtype.names or ()
+        junk_particles = records["cm/junk"] if "cm/junk" in names else None
         n_rows = records.shape[0]
         source = Path(run_dir) / "particles.cs"
     else:
@@ -308,6 +323,7 @@ def export_selection(
         probabilities = (
             table[PROBABILITY_COLUMN].to_numpy() if PROBABILITY_COLUMN in table.columns else None
         )
+        junk_particles = table["cmJunk"].to_numpy() if "cmJunk" in table.columns else None
         n_rows = len(table)
         source = Path(run_dir) / "particles.star"
     if n_rows != info["n_particles"]:
@@ -324,6 +340,7 @@ def export_selection(
         class_numbers=wanted,
         particle_indices=sel.particle_indices if sel is not None else None,
         junk_classes=classes.loc[classes["junk"], "class_number"].tolist(),
+        junk_particles=junk_particles,
         exclude_junk=exclude_junk,
         min_probability=min_probability,
         invert=invert,

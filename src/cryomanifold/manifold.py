@@ -465,9 +465,14 @@ class ParticleManifold(BaseEstimator):
 
     def transform(self, X: npt.ArrayLike) -> F32:
         """Place new features (n, d) into the fitted 2-D map (see :mod:`cryomanifold.embedding`)."""
+        return self.place(X)[0]
+
+    def place(self, X: npt.ArrayLike) -> tuple[F32, F32]:
+        """Map positions (n, 2) of new features (n, d) and their mean distance (n,) to the
+        nearest reference points in PCA space (see :meth:`UMAPReference.place`)."""
         check_is_fitted(self, "reference_")
         seed = 0 if self.random_state is None else int(self.random_state)
-        return self.reference_.transform(
+        return self.reference_.place(
             self.pca_coordinates(X), epochs=int(self.transform_epochs), seed=seed
         )
 

@@ -224,13 +224,21 @@ def _run_stages(
         embedded = embed.load_embedding(folder)
         k = manifold.n_classes_
         if not folder.is_done("averages"):
-            _, _, summary = averages.run_averages(
-                folder, stack, cfg, embedded.labels, embedded.probabilities, k, box_out, runner
+            _, summary = averages.run_averages(
+                folder,
+                stack,
+                cfg,
+                embedded.labels,
+                embedded.probabilities,
+                k,
+                box_out,
+                apix,
+                runner,
             )
             folder.mark_done("averages", summary)
-        avg, examples = averages.load_averages(folder, k, box_out, cfg.examples_per_class)
+        avg = averages.load_averages(folder, k, box_out, cfg.examples_per_class)
         if not folder.is_done("junk"):
-            _, summary = junk.run_junk(folder, measures, embedded, manifold, avg, apix)
+            _, summary = junk.run_junk(folder, measures, embedded, avg, apix)
             folder.mark_done("junk", summary)
         called = junk.load_junk(folder)
         execution_info = runner.describe()
@@ -243,7 +251,6 @@ def _run_stages(
         embedded,
         called,
         avg,
-        examples,
         apix,
         execution_info,
         t_start,
@@ -264,8 +271,7 @@ def _write_outputs(
     manifold: Any,
     embedded: Any,
     called: Any,
-    avg: npt.NDArray[np.float32],
-    examples: npt.NDArray[np.float32],
+    avg: Any,
     apix: float,
     execution_info: dict[str, Any],
     t_start: float,
@@ -287,23 +293,27 @@ def _write_outputs(
     good = labels >= 0
     k = manifold.n_classes_
     classes = called.classes
-    sizes = np.bincount(labels[good], minlength=k)
     centroids = manifold.class_centroids()
+    # a class with no consistent particle is shown blank, never as the particle-like
+    # average that aligning noise produces (stages/junk.py)
+    shown = np.where(classes.no_particle[:, None, None], np.float32(0), avg.averages)
     write_particles(out, stack, labels, prob, emb, called.score, called.junk, called.reason)
-    write_class_files(out, avg, examples, apix, sizes, centroids, classes)
+    write_class_files(out, shown, avg.examples, apix, centroids, classes)
     write_npy(out / "embedding.npy", emb)
     n_good = int(good.sum())
+    n_junk = int(called.junk[good].sum())
     plot_map(
         emb[good],
         labels[good],
-        avg,
+        shown,
         out / "map.png",
         centroids=centroids,
         junk=classes.flags,
-        title=f"{source.name}: {n_good} particles, {k} classes ({int(classes.flags.sum())} junk)",
+        title=f"{source.name}: {n_good} particles ({n_junk} junk), {k} classes "
+        f"({int(classes.flags.sum())} flagged)",
     )
     feat = folder.summary("features")
-    box_out = int(avg.shape[-1])
+    box_out = int(avg.averages.shape[-1])
     run_id = uuid.uuid4().hex
     save_model(
         folder.model_dir,
@@ -312,12 +322,17 @@ def _write_outputs(
             cfg, {"box": box_out, "pixel_size_angstrom": apix, "n_features": feat["n_features"]}
         ),
         classes={
-            "size": sizes.tolist(),
+            "size": classes.sizes.tolist(),
             "junk": classes.flags.tolist(),
             "junk_reason": list(classes.reason),
             "junk_score": classes.scores.tolist(),
+            "junk_fraction": classes.junk_fraction.tolist(),
+            "resolution_angstrom": [
+                None if not np.isfinite(r) else float(r) for r in classes.resolution_angstrom
+            ],
+            "consistent": classes.consistent.tolist(),
         },
-        class_averages=avg,
+        class_averages=shown,
         class_junk=classes.flags,
         info={"run_id": run_id, "input": str(source.resolve()), "versions": software_versions()},
     )
@@ -334,7 +349,9 @@ def _write_outputs(
         "n_duplicate_rows": int(getattr(stack, "n_duplicates", 0)),
         "n_classes": k,
         "n_junk_classes": int(classes.flags.sum()),
-        "n_junk_particles": int(called.junk[good].sum()),
+        "n_junk_particles": n_junk,
+        "n_junk_by_reason": folder.summary("junk")["n_junk_by_reason"],
+        "n_consistent_classes": int(classes.consistent.sum()),
         "box_size": box_out,
         "pixel_size_angstrom": apix,
         "input_box_size": stack.box_size,
@@ -357,14 +374,13 @@ def _write_outputs(
     folder.mark_done("outputs", {"seconds": timings["outputs"]})
     timings["total"] = round(time.perf_counter() - t_start, 3)
     write_json(out / "run.json", info)  # last: the mark of a complete run
-    junk_scores = called.score
     return RunResult(
         out,
         labels,
         prob,
         emb,
-        junk_scores,
-        avg,
+        called.score,
+        shown,
         classes.flags,
         int(feat["n_skipped"]),
         timings,

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exclude-junk",
         action="store_true",
-        help="drop the members of junk classes (classes.csv column 'junk')",
+        help="drop the particles called junk (particles.star column _cmJunk)",
     )
     p.add_argument(
         "--min-probability",

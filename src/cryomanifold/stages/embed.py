@@ -6,7 +6,9 @@ manifold. The fitted sample keeps its UMAP positions; everyone else is placed by
 deterministic per particle, so the result does not depend on the scheduler). Every
 usable particle is then classified by the mixture. Writes ``stages/embed.npz``:
 ``embedding`` (n, 2) float32 (NaN for skipped particles), ``labels`` (n,) int64
-(-1 for skipped), ``probabilities`` (n,) float32.
+(-1 for skipped), ``probabilities`` (n,) float32 and ``neighbour_distance`` (n,)
+float32: each particle's mean distance to its nearest reference points in PCA space
+(its distance from the main manifold; NaN for skipped).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class EmbedResult:
     embedding: npt.NDArray[np.float32]  # (n, 2)
     labels: npt.NDArray[np.int64]  # (n,), -1 skipped
     probabilities: npt.NDArray[np.float32]  # (n,)
+    neighbour_distance: npt.NDArray[np.float32] | None = None  # (n,)
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,13 @@ class _Rows:
     rows: npt.NDArray[np.int64]
 
 
-def embed_rows(task: _Rows, manifold: ParticleManifold) -> npt.NDArray[np.float32]:
-    """Map positions of some rows of features.npy (a Dask task; opens the file itself)."""
+def embed_rows(
+    task: _Rows, manifold: ParticleManifold
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Map positions and neighbour distances of some rows of features.npy (a Dask task;
+    it opens the file itself)."""
     features = np.load(task.features, mmap_mode="r")
-    return manifold.transform(np.asarray(features[task.rows]))
+    return manifold.place(np.asarray(features[task.rows]))
 
 
 def classify(
@@ -76,9 +82,11 @@ def run_embed(
     n = bad.size
     good = np.flatnonzero(~bad)
     embedding = np.full((n, 2), np.nan, dtype=np.float32)
-    embedding[sample] = sample_emb
+    distance = np.full(n, np.nan, dtype=np.float32)
     rest = np.setdiff1d(good, sample)
-    chunks = [rest[s : s + _CHUNK_ROWS] for s in range(0, rest.size, _CHUNK_ROWS)]
+    # every usable particle is placed (for its neighbour distance); the fitted sample
+    # then keeps its own UMAP positions
+    chunks = [good[s : s + _CHUNK_ROWS] for s in range(0, good.size, _CHUNK_ROWS)]
     path = folder.output("features.npy")
     parts = runner.map(
         embed_rows,
@@ -88,10 +96,12 @@ def run_embed(
         unit="particle",
         sizes=[c.size for c in chunks],
     )
-    for rows, part in zip(chunks, parts, strict=True):
-        embedding[rows] = part
+    for rows, (pos, dist) in zip(chunks, parts, strict=True):
+        embedding[rows] = pos
+        distance[rows] = dist
+    embedding[sample] = sample_emb
     labels, prob = classify(manifold, embedding, good, n)
-    result = EmbedResult(embedding, labels, prob)
+    result = EmbedResult(embedding, labels, prob, distance)
     save_embedding(folder, result)
     summary = {
         "n_transformed": int(rest.size),
@@ -109,10 +119,16 @@ def save_embedding(folder: RunFolder, result: EmbedResult) -> None:
             embedding=result.embedding,
             labels=result.labels,
             probabilities=result.probabilities,
+            neighbour_distance=(
+                np.full(result.labels.size, np.nan, np.float32)
+                if result.neighbour_distance is None
+                else result.neighbour_distance
+            ),
         )
 
 
 def load_embedding(folder: RunFolder) -> EmbedResult:
     """The stage's result from ``stages/embed.npz``."""
     with np.load(folder.artefact("embed.npz")) as data:
-        return EmbedResult(data["embedding"], data["labels"], data["probabilities"])
+        distance = data["neighbour_distance"] if "neighbour_distance" in data.files else None
+        return EmbedResult(data["embedding"], data["labels"], data["probabilities"], distance)

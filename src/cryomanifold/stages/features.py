@@ -4,7 +4,8 @@ Reads: the particle stack (as light per-chunk slices that open their files insid
 the task). Writes: ``stages/features/chunk_*.npz`` (one per chunk, atomically, so an
 interrupted run resumes from the last finished chunk), then assembles
 ``features.npy`` (contract) and ``stages/particles.npz`` (per-particle measures:
-``bad``, ``contrast``, ``mass``) and removes the chunk files.
+``bad``, ``contrast`` and the junk measures of
+:func:`cryomanifold.junk_signs.particle_measures`) and removes the chunk files.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 #: Bytes of float32 images read per chunk (each task holds about one chunk).
 CHUNK_BYTES = 64 * 2**20
-PARTICLE_MEASURES = ("bad", "contrast", "mass")
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,15 @@ def featurize_chunk(task: FeatureTask, settings: FeatureSettings) -> dict[str, f
     Runs inside a Dask task: it reads its own images (no memory map travels).
     """
     from cryomanifold.features import invariant_features
-    from cryomanifold.junk import particle_contrast, particle_mass
+    from cryomanifold.junk import particle_contrast
+    from cryomanifold.junk_signs import particle_measures
     from cryomanifold.preprocess import bad_images, prepare_images
 
     t0 = time.perf_counter()
     stack = task.stack
     n = len(stack)
     feats: list[npt.NDArray[np.float32]] = []
-    out = {name: np.zeros(n, np.float32) for name in ("contrast", "mass")}
+    measures: dict[str, npt.NDArray[np.float32]] = {"contrast": np.zeros(n, np.float32)}
     bad = np.zeros(n, dtype=bool)
     radius = None
     for idx, imgs in stack.batches(settings.batch_size):
@@ -90,22 +91,36 @@ def featurize_chunk(task: FeatureTask, settings: FeatureSettings) -> dict[str, f
         if settings.particle_diameter_angstrom is not None:
             radius = 0.5 * settings.particle_diameter_angstrom / apix
         w = settings.workers
-        out["contrast"][idx] = particle_contrast(
+        measures["contrast"][idx] = particle_contrast(
             prepared, pixel_size_angstrom=apix, radius_px=radius, workers=w
         )
-        out["mass"][idx] = particle_mass(prepared, pixel_size_angstrom=apix, workers=w)
-        ctf = stack.ctf.subset(idx) if settings.ctf_features and stack.ctf is not None else None
+        ctf = stack.ctf.subset(idx) if stack.ctf is not None else None
+        # junk measures: edge stripes on the uncropped images (exact copies there),
+        # signal presence under each particle's CTF
+        signs = particle_measures(
+            prepared,
+            pixel_size_angstrom=apix,
+            radius_px=radius,
+            ctf=ctf,
+            raw=imgs if imgs.shape[-1] != prepared.shape[-1] else None,
+        )
+        for key, values in signs.items():
+            measures.setdefault(key, np.zeros(n, np.float32))[idx] = values
         feats.append(
             invariant_features(
-                prepared, ctf=ctf, pixel_size_angstrom=apix, workers=w, **settings.feature_options
+                prepared,
+                ctf=ctf if settings.ctf_features else None,
+                pixel_size_angstrom=apix,
+                workers=w,
+                **settings.feature_options,
             )
         )
     features = np.concatenate(feats).astype(np.float32)
     if settings.contrast_column:
-        log_c = np.log(np.maximum(out["contrast"], 1e-3)).astype(np.float32)
+        log_c = np.log(np.maximum(measures["contrast"], 1e-3)).astype(np.float32)
         features = np.hstack([features, log_c[:, None]])
     with atomic_path(task.path) as tmp:
-        np.savez(tmp, features=features, bad=bad, contrast=out["contrast"], mass=out["mass"])
+        np.savez(tmp, features=features, bad=bad, **measures)  # type: ignore[arg-type]
     return {"n": float(n), "seconds": time.perf_counter() - t0}
 
 
@@ -162,9 +177,10 @@ def run_features(
 
 def _assemble(folder: RunFolder, chunks: list[tuple[int, int]], n: int) -> dict[str, Any]:
     """Concatenate the chunk files into features.npy and stages/particles.npz."""
-    first = np.load(_chunk_path(folder, chunks[0][0]))
-    d = first["features"].shape[1]
-    measures = {name: np.zeros(n, first[name].dtype) for name in PARTICLE_MEASURES}
+    with np.load(_chunk_path(folder, chunks[0][0])) as first:
+        d = first["features"].shape[1]
+        names = [k for k in first.files if k != "features"]
+        measures = {name: np.zeros(n, first[name].dtype) for name in names}
     # sequential writes, not a memory map: a full disk is then an OSError, not a SIGBUS
     with atomic_path(folder.output("features.npy")) as tmp, open(tmp, "wb") as fh:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
@@ -172,7 +188,7 @@ def _assemble(folder: RunFolder, chunks: list[tuple[int, int]], n: int) -> dict[
         for a, b in chunks:
             with np.load(_chunk_path(folder, a)) as part:
                 fh.write(np.ascontiguousarray(part["features"], dtype="<f4").tobytes())
-                for name in PARTICLE_MEASURES:
+                for name in names:
                     measures[name][a:b] = part[name]
     with atomic_path(folder.artefact("particles.npz")) as tmp:
         np.savez(tmp, **measures)  # type: ignore[arg-type]

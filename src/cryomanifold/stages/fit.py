@@ -146,7 +146,9 @@ def refit_mixture(
     refit.n_classes_, refit.bic_ = k, {}
     good = np.flatnonzero(embedded.labels >= 0)
     labels, prob = classify(refit, embedded.embedding, good, embedded.labels.size)
-    save_embedding(folder, EmbedResult(embedded.embedding, labels, prob))
+    save_embedding(
+        folder, EmbedResult(embedded.embedding, labels, prob, embedded.neighbour_distance)
+    )
     summary = {
         "n_fit": int(sample_emb.shape[0]),
         "n_pca_components": refit.pca_.n_components_,

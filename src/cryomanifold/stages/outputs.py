@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cryomanifold._atomic import atomic_path
-from cryomanifold.junk import JunkAssessment
+from cryomanifold.stages.junk import ClassTable
 
 __all__ = [
     "CLASSES_CSV_COLUMNS",
@@ -43,6 +43,10 @@ CLASSES_CSV_COLUMNS = (
     "contrast",
     "detail",
     "mass",
+    "junk_fraction",
+    "resolution_angstrom",
+    "consistent",
+    "consistency_z",
 )
 
 
@@ -104,20 +108,31 @@ def annotation_columns(
 
 def write_classes_csv(
     path: str | os.PathLike[str],
-    sizes: npt.ArrayLike,
     centroids: npt.ArrayLike,
-    junk: JunkAssessment,
+    table: ClassTable,
 ) -> Path:
-    """Write classes.csv: one row per class, columns :data:`CLASSES_CSV_COLUMNS`."""
-    size = np.asarray(sizes)
+    """Write classes.csv: one row per class, columns :data:`CLASSES_CSV_COLUMNS`.
+
+    ``junk`` is the class flag (most members called junk, or no consistent particle),
+    ``junk_score`` the members' mean junk score, ``quality`` one minus it;
+    ``resolution_angstrom`` the half-set FRC 0.143 resolution (empty when not
+    measured), ``consistent`` whether the halves agree better than the noise control.
+    """
     cents = np.asarray(centroids)
+
+    def num(value: float, fmt: str) -> str:
+        return "" if not np.isfinite(value) else format(value, fmt)
+
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         fh.write(",".join(CLASSES_CSV_COLUMNS) + "\n")
-        for c in range(size.size):
+        for c in range(table.sizes.size):
             fh.write(
-                f"{c + 1},{size[c]},{cents[c, 0]:.4f},{cents[c, 1]:.4f},{int(junk.flags[c])},"
-                f"{junk.scores[c]:.4f},{1.0 - junk.scores[c]:.4f},{junk.reason[c]},"
-                f"{junk.contrast[c]:.4g},{junk.detail[c]:.4g},{junk.mass[c]:.4g}\n"
+                f"{c + 1},{table.sizes[c]},{cents[c, 0]:.4f},{cents[c, 1]:.4f},"
+                f"{int(table.flags[c])},{table.scores[c]:.4f},{1.0 - table.scores[c]:.4f},"
+                f"{table.reason[c]},{num(table.contrast[c], '.4g')},"
+                f"{num(table.detail[c], '.4g')},{num(table.mass[c], '.4g')},"
+                f"{table.junk_fraction[c]:.4f},{num(table.resolution_angstrom[c], '.2f')},"
+                f"{int(table.consistent[c])},{num(table.consistency_z[c], '.3f')}\n"
             )
     return Path(path)
 
@@ -183,13 +198,16 @@ def write_class_files(
     averages: npt.NDArray[np.float32],
     examples: npt.NDArray[np.float32],
     pixel_size_angstrom: float,
-    sizes: npt.NDArray[np.int64],
     centroids: npt.NDArray[np.float32],
-    junk: JunkAssessment,
+    table: ClassTable,
 ) -> None:
-    """class_averages.mrcs, class_examples.mrcs and classes.csv."""
+    """class_averages.mrcs, class_examples.mrcs and classes.csv.
+
+    ``averages`` are written as given: the caller blanks the classes whose half-set
+    test found no consistent particle, so that no reader is shown a fake particle.
+    """
     from cryomanifold.io import write_mrcs
 
     write_mrcs(folder / "class_averages.mrcs", averages, pixel_size_angstrom, overwrite=True)
     write_mrcs(folder / "class_examples.mrcs", examples, pixel_size_angstrom, overwrite=True)
-    write_classes_csv(folder / "classes.csv", sizes, centroids, junk)
+    write_classes_csv(folder / "classes.csv", centroids, table)
