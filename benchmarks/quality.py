@@ -28,12 +28,18 @@ classes.csv, features.npy, class_averages.mrcs):
 Then runs the defaults on the real beta-galactosidase particles (no truth).
 
 Writes benchmarks/results/quality.json, quality.md, quality_snr.png and
-betagal_map.png. Simulated stacks are kept in ``--work`` and reused when their
-settings match.
+betagal_map.png (``--name`` changes the stem ``quality``). The T20S + rubisco pair
+at the earlier benchmark's settings (``quality_pair.*``, for continuity with the
+numbers before the sweep)::
+
+    python benchmarks/quality.py --species 3j9i 1bxn --doses 20 --box 256 --pixel-size 1.0 \\
+        --run-box 64 --n-per-model 1500 --no-betagal --name quality_pair --overwrite
+
+Simulated stacks are kept in ``--work`` and reused when their settings match.
 
 Usage::
 
-    python benchmarks/quality.py --overwrite          # about 25 min on 2 cores
+    python benchmarks/quality.py --overwrite   # ~20 min of CPU (56 min wall when shared)
     python benchmarks/quality.py --n-per-model 2000 --doses 5 10 20 40 60 --overwrite
     python benchmarks/quality.py --species 3j9i 1bxn --presets realistic --overwrite
 """
@@ -344,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/cryomanifold_bench/quality"))
     p.add_argument("--no-betagal", action="store_true")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the result files")
+    p.add_argument("--name", default="quality", help="stem of the result files (default quality)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier result files")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -410,13 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         "n_reused": int(n_reused),
         "total_s": round(time.perf_counter() - t_start, 1),
     }
-    png = args.results / "quality_snr.png"
+    png = args.results / f"{args.name}_snr.png"
     if png.exists() and not args.overwrite:
         raise FileExistsError(f"{png} exists; pass --overwrite")
     args.results.mkdir(parents=True, exist_ok=True)
     plot(data, png)
     paths = write_results(
-        "quality", data, markdown(data), overwrite=args.overwrite, out_dir=args.results
+        args.name, data, markdown(data, png.name), overwrite=args.overwrite, out_dir=args.results
     )
     log.info("wrote %s, %s", ", ".join(map(str, paths)), png)
     return 0
