@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: machine info, result files, symmetry frames."""
+"""Helpers shared by the benchmark scripts: machine info, result files, symmetry frames,
+the outputs of a run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import platform
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,26 +116,79 @@ def _axis_rotation(axis: npt.NDArray[np.float64], angle: float) -> npt.NDArray[n
     return np.asarray(Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix())
 
 
+def _fibonacci_hemisphere(n: int) -> npt.NDArray[np.float64]:
+    """About ``n`` roughly uniform unit vectors with z >= 0."""
+    i = np.arange(2 * n) + 0.5
+    z = 1.0 - i / n
+    phi = np.pi * (1.0 + 5**0.5) * i
+    r = np.sqrt(np.clip(1.0 - z**2, 0.0, None))
+    v = np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+    return v[v[:, 2] >= 0]
+
+
+def _best_axis(
+    sample: npt.NDArray[np.float64],
+    tree: Any,
+    angle: float,
+    candidates: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.float64], float]:
+    """The candidate axis whose rotation by ``angle`` best maps the atoms onto themselves,
+    refined on a finer local grid."""
+    scores = [_symmetry_misfit(sample, tree, _axis_rotation(a, angle)) for a in candidates]
+    best = candidates[int(np.argmin(scores))]
+    for step in (np.deg2rad(1.0), np.deg2rad(0.25)):
+        u = np.cross(best, [1.0, 0.0, 0.0] if abs(best[0]) < 0.9 else [0.0, 1.0, 0.0])
+        u /= np.linalg.norm(u)
+        w = np.cross(best, u)
+        grid = [best + step * (i * u + j * w) for i in range(-4, 5) for j in range(-4, 5)]
+        grid = [g / np.linalg.norm(g) for g in grid]
+        scores = [_symmetry_misfit(sample, tree, _axis_rotation(a, angle)) for a in grid]
+        best = grid[int(np.argmin(scores))]
+    return best, float(min(scores))
+
+
+def _cubic_frame(
+    sample: npt.NDArray[np.float64], tree: Any, group: str
+) -> tuple[npt.NDArray[np.float64], float]:
+    """Frame of T (two-fold axes) or O (four-fold axes) along x, y, z."""
+    angle = np.pi / 2 if group.upper() == "O" else np.pi
+    z, mz = _best_axis(sample, tree, angle, _fibonacci_hemisphere(1500))
+    x0 = np.cross(z, [1.0, 0.0, 0.0] if abs(z[0]) < 0.9 else [0.0, 1.0, 0.0])
+    x0 /= np.linalg.norm(x0)
+    y0 = np.cross(z, x0)
+    phis = np.deg2rad(np.arange(0.0, 90.0, 0.25))
+    scores = [
+        _symmetry_misfit(sample, tree, _axis_rotation(np.cos(p) * x0 + np.sin(p) * y0, angle))
+        for p in phis
+    ]
+    phi = phis[int(np.argmin(scores))]
+    x = np.cos(phi) * x0 + np.sin(phi) * y0
+    return np.stack([x, np.cross(z, x), z], axis=1), max(mz, float(min(scores)))
+
+
 def symmetry_frame(
     coords_angstrom: npt.ArrayLike, group: str, *, n_sample: int = 3000, seed: int = 0
 ) -> tuple[npt.NDArray[np.float64], float]:
-    """Find the frame of a Cn/Dn model's symmetry axes.
+    """Find the frame of a Cn, Dn, T or O model's symmetry axes.
 
     The n-fold axis is the principal axis of inertia with the most distinct
     moment; for Dn the two-fold axis is found by scanning the perpendicular
-    directions for the rotation that best maps the atoms onto themselves.
+    directions for the rotation that best maps the atoms onto themselves. For T and
+    O (isotropic inertia) a two-fold (T) or four-fold (O) axis is found by scanning
+    directions over a hemisphere, then a second one perpendicular to it.
 
     Parameters
     ----------
     coords_angstrom : array_like, shape (N, 3)
     group : str
-        ``"Cn"`` or ``"Dn"``.
+        ``"Cn"``, ``"Dn"``, ``"T"`` or ``"O"``.
 
     Returns
     -------
     frame : ndarray, shape (3, 3)
         Columns: the model-frame directions of the standard x (a two-fold axis for
-        Dn), y and z (the n-fold axis); ``frame @ G @ frame.T`` is the group in the
+        Dn), y and z (the n-fold axis; for T and O the axes of
+        :func:`cryomanifold.metrics.symmetry_group`); ``frame @ G @ frame.T`` is the group in the
         model frame.
     misfit_angstrom : float
         Median distance of symmetry-mapped atoms to the nearest atom (worst over
@@ -146,6 +201,8 @@ def symmetry_frame(
     rng = np.random.default_rng(seed)
     sample = xyz[rng.choice(len(xyz), min(n_sample, len(xyz)), replace=False)]
     tree = cKDTree(xyz)
+    if group.upper() in ("T", "O"):
+        return _cubic_frame(sample, tree, group)
     evals, evecs = np.linalg.eigh(np.cov(xyz.T))
     gaps = [
         abs(evals[i] - evals[(i + 1) % 3]) + abs(evals[i] - evals[(i + 2) % 3]) for i in range(3)
@@ -168,3 +225,73 @@ def symmetry_frame(
         misfit = max(misfit, scores[best])
     y = np.cross(z, x)
     return np.stack([x, y, z], axis=1), misfit
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What a benchmark reads back from a run folder (the output contract).
+
+    Attributes
+    ----------
+    labels : ndarray, shape (n,), int
+        0-based class of each particle (``rlnClassNumber - 1``), -1 if skipped.
+    junk : ndarray, shape (n,), bool
+        Particles called junk: the per-particle ``_cmJunk`` column when the run
+        writes one, else the junk flag of the particle's class in classes.csv
+        (skipped particles count as junk).
+    junk_score : ndarray, shape (n,), float
+        ``_cmJunkScore``.
+    class_junk : ndarray, shape (K,), bool
+        The ``junk`` column of classes.csv.
+    features : ndarray, shape (n, d), float32
+        features.npy.
+    class_averages : ndarray, shape (K, L, L), float32
+    pixel_size_angstrom : float
+        Of the class averages.
+    particles : pandas.DataFrame
+        The run's particles.star (every input column plus the run's).
+    info : dict
+        run.json.
+    """
+
+    labels: npt.NDArray[np.int64]
+    junk: npt.NDArray[np.bool_]
+    junk_score: npt.NDArray[np.float64]
+    class_junk: npt.NDArray[np.bool_]
+    features: npt.NDArray[np.float32]
+    class_averages: npt.NDArray[np.float32]
+    pixel_size_angstrom: float
+    particles: Any
+    info: dict[str, Any]
+
+
+def read_run_outputs(out_dir: Path) -> RunOutputs:
+    """Read particles.star, classes.csv, features.npy, class_averages.mrcs and run.json."""
+    import mrcfile
+    import pandas as pd
+    import starfile
+
+    particles = starfile.read(out_dir / "particles.star", always_dict=True)["particles"]
+    labels = particles["rlnClassNumber"].to_numpy(np.int64) - 1
+    classes = pd.read_csv(out_dir / "classes.csv")
+    class_junk = np.zeros(int(classes["class_number"].max()), dtype=bool)
+    class_junk[classes["class_number"].to_numpy() - 1] = classes["junk"].to_numpy() == 1
+    if "cmJunk" in particles:
+        junk = particles["cmJunk"].to_numpy() == 1
+    else:
+        junk = (labels < 0) | class_junk[np.maximum(labels, 0)]
+    with mrcfile.open(out_dir / "class_averages.mrcs", permissive=True) as mrc:
+        averages = np.asarray(mrc.data, dtype=np.float32).reshape(-1, *mrc.data.shape[-2:])
+        pixel = float(mrc.voxel_size.x)
+    info = json.loads((out_dir / "run.json").read_text())
+    return RunOutputs(
+        labels=labels,
+        junk=junk,
+        junk_score=particles["cmJunkScore"].to_numpy(np.float64),
+        class_junk=class_junk,
+        features=np.load(out_dir / "features.npy"),
+        class_averages=averages,
+        pixel_size_angstrom=float(info.get("pixel_size_angstrom", pixel)),
+        particles=particles,
+        info=info,
+    )

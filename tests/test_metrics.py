@@ -11,6 +11,7 @@ from cryomanifold.metrics import (
     invariance_error,
     junk_precision_recall,
     majority_labels,
+    mean_viewing_direction,
     species_ari,
     species_purity_recall,
     symmetry_group,
@@ -61,7 +62,9 @@ def test_viewing_directions_match_relion_matrices():
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0)
 
 
-@pytest.mark.parametrize("name,size", [("C1", 1), ("C7", 7), ("D4", 8), ("D7", 14)])
+@pytest.mark.parametrize(
+    "name,size", [("C1", 1), ("C7", 7), ("D4", 8), ("D7", 14), ("T", 12), ("O", 24)]
+)
 def test_symmetry_group_is_a_group_of_rotations(name, size):
     g = symmetry_group(name)
     assert g.shape == (size, 3, 3)
@@ -74,9 +77,42 @@ def test_symmetry_group_is_a_group_of_rotations(name, size):
     assert np.abs(prod - g.reshape(1, -1, 9)).max(axis=2).min(axis=1).max() < 1e-9
 
 
+def test_octahedral_group_has_fourfold_axes_along_x_y_z():
+    g = symmetry_group("O")
+    angles = np.degrees(np.arccos(np.clip((np.trace(g, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    # 1 identity, 9 rotations by 90/180 about x, y, z, 8 by 120, 6 by 180 about edges
+    assert sorted(np.round(angles).astype(int).tolist()).count(90) == 6
+    assert sorted(np.round(angles).astype(int).tolist()).count(120) == 8
+    x = np.array([1.0, 0.0, 0.0])
+    images = np.einsum("gij,j->gi", g, x)
+    # x goes to the six face normals +-x, +-y, +-z
+    assert len({tuple(np.round(v).astype(int)) for v in images}) == 6
+    # T is the subgroup without the four-fold rotations
+    t = symmetry_group("T")
+    assert all(np.abs(g.reshape(-1, 1, 9) - t.reshape(1, -1, 9)).max(2).min(0) < 1e-9)
+
+
+def test_mean_viewing_direction_reduces_mirror_and_symmetry_mates():
+    rng = np.random.default_rng(0)
+    true = np.array([np.sin(0.5), 0.0, np.cos(0.5)])
+    noisy = true + rng.normal(0.0, 0.05, (200, 3))
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    group = symmetry_group("D7")
+    # replace members by random symmetry mates and mirror images of themselves
+    mates = np.einsum("nij,nj->ni", group[rng.integers(0, 14, 200)], noisy)
+    mates *= rng.choice([-1.0, 1.0], 200)[:, None]
+    mean = mean_viewing_direction(mates, group)
+    angle = view_coherence_deg(np.stack([mean, true]), [0, 0], symmetry=group).median_deg
+    assert angle < 1.5
+    # without the group the plain mean of the mates is far from the view
+    plain = mates.mean(axis=0) / np.linalg.norm(mates.mean(axis=0))
+    assert view_coherence_deg(np.stack([plain, true]), [0, 0], symmetry=group).median_deg > 5
+    assert np.linalg.norm(mean) == pytest.approx(1.0)
+
+
 def test_symmetry_group_rejects_unknown_names():
     with pytest.raises(ValueError, match="point group"):
-        symmetry_group("O")
+        symmetry_group("Q3")
 
 
 def test_view_coherence_reflection_and_symmetry():

@@ -6,7 +6,8 @@ majority truth label of its members ("class-majority" labels). Junk labels are
 truth labels that start with ``junk`` (``junk:ice``, ``junk:carbon_edge``, ...).
 
 Beyond species and junk: :func:`view_coherence_deg` scores whether classes (or
-feature-space neighbours) share a viewing direction, :func:`frc` and
+feature-space neighbours) share a viewing direction, :func:`mean_viewing_direction`
+averages a class's directions under its point group, :func:`frc` and
 :func:`frc_resolution_angstrom` compare a class average with the true projection,
 and :func:`invariance_error` checks a featuriser's invariances on real images.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "is_junk_label",
     "junk_precision_recall",
     "majority_labels",
+    "mean_viewing_direction",
     "species_ari",
     "species_nmi",
     "species_purity_recall",
@@ -173,26 +175,61 @@ def viewing_directions(rot_deg: npt.ArrayLike, tilt_deg: npt.ArrayLike) -> npt.N
     return np.stack([st * np.cos(rot), st * np.sin(rot), np.cos(tilt)], axis=1)
 
 
+def _group_closure(generators: Sequence[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+    """All products of the generators (a finite rotation group), identity first."""
+    elements = [np.eye(3)]
+    frontier = [np.eye(3)]
+    while frontier:
+        new = []
+        for a in frontier:
+            for g in generators:
+                b = g @ a
+                if not any(np.abs(b - e).max() < 1e-9 for e in elements):
+                    elements.append(b)
+                    new.append(b)
+        frontier = new
+    return np.asarray(elements)
+
+
+def _axis_angle(axis: Sequence[float], angle: float) -> npt.NDArray[np.float64]:
+    u = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    k = np.array([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
+    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+
+
 def symmetry_group(name: str) -> npt.NDArray[np.float64]:
-    """Rotation matrices of a cyclic or dihedral point group in the standard frame.
+    """Rotation matrices of a point group in its standard frame.
 
     ``Cn``: rotations by ``2 pi k / n`` about z. ``Dn``: those plus the two-fold
     rotations about the n axes in the xy plane at angles ``pi k / n`` from x.
-    For a model whose symmetry axes are elsewhere, conjugate: ``R @ G @ R.T``.
+    ``T`` (12 rotations): two-fold axes along x, y and z, three-fold axes along the
+    cube diagonals. ``O`` (24): four-fold axes along x, y and z. For a model whose
+    symmetry axes are elsewhere, conjugate: ``R @ G @ R.T``.
 
     Parameters
     ----------
     name : str
-        ``"C1"``, ``"C7"``, ``"D4"``, ... (case-insensitive).
+        ``"C1"``, ``"C7"``, ``"D4"``, ``"T"``, ``"O"``, ... (case-insensitive).
 
     Returns
     -------
     ndarray, shape (G, 3, 3), float64
-        ``G = n`` for Cn, ``2 n`` for Dn; the identity first.
+        ``G = n`` for Cn, ``2 n`` for Dn, 12 for T, 24 for O; the identity first.
     """
-    kind, order = name[:1].upper(), name[1:]
+    upper = name.upper()
+    if upper in ("T", "O"):
+        three = _axis_angle([1.0, 1.0, 1.0], 2 * np.pi / 3)
+        other = (
+            _axis_angle([0.0, 0.0, 1.0], np.pi)
+            if upper == "T"
+            else _axis_angle([0.0, 0.0, 1.0], np.pi / 2)
+        )
+        return _group_closure([three, other])
+    kind, order = upper[:1], name[1:]
     if kind not in ("C", "D") or not order.isdigit() or int(order) < 1:
-        raise ValueError(f"unknown point group {name!r}; expected Cn or Dn, e.g. 'C1' or 'D7'")
+        raise ValueError(
+            f"unknown point group {name!r}; expected Cn, Dn, T or O, e.g. 'C1', 'D7' or 'O'"
+        )
     n = int(order)
     a = 2 * np.pi * np.arange(n) / n
     c, s = np.cos(a), np.sin(a)
@@ -202,6 +239,50 @@ def symmetry_group(name: str) -> npt.NDArray[np.float64]:
         return cyc
     flip = np.diag([1.0, -1.0, -1.0])  # two-fold about x
     return np.concatenate([cyc, cyc @ flip])
+
+
+def mean_viewing_direction(
+    directions: npt.ArrayLike, symmetry: npt.ArrayLike | None = None
+) -> npt.NDArray[np.float64]:
+    """Mean of viewing directions that are equivalent under mirror and symmetry.
+
+    A direction ``v`` stands for ``+-g v`` for every rotation ``g`` of the point
+    group (see :func:`view_coherence_deg`). The reference is the member with the
+    smallest sum of reduced angles to the others (at most 500 members are
+    compared); every member is replaced by its equivalent closest to the
+    reference, and the normalised mean of those is returned.
+
+    Parameters
+    ----------
+    directions : array_like, shape (n, 3)
+        Unit viewing directions (:func:`viewing_directions`).
+    symmetry : array_like, shape (G, 3, 3), optional
+        Rotations of the point group in the model frame.
+
+    Returns
+    -------
+    ndarray, shape (3,)
+        Unit vector, in the reference's hemisphere.
+    """
+    v = np.asarray(directions, dtype=np.float64).reshape(-1, 3)
+    if v.shape[0] == 0:
+        raise ValueError("no directions to average")
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    group = np.eye(3)[None] if symmetry is None else np.asarray(symmetry, dtype=np.float64)
+    sample = v[np.linspace(0, len(v) - 1, min(len(v), 500)).astype(np.intp)]
+    # (G, m, 3) equivalents of the sample; reduced |cos| of every pair
+    eq = np.einsum("gij,mj->gmi", group, sample)
+    cos = np.abs(np.einsum("ai,gbi->gab", sample, eq)).max(axis=0)
+    angles = np.degrees(np.arccos(np.clip(cos, 0.0, 1.0)))
+    ref = sample[int(np.argmin(angles.sum(axis=1)))]
+    all_eq = np.einsum("gij,nj->gni", group, v)  # (G, n, 3)
+    dots = np.einsum("i,gni->gn", ref, all_eq)
+    best = np.abs(dots).argmax(axis=0)
+    rows = np.arange(len(v))
+    chosen = all_eq[best, rows] * np.sign(dots[best, rows])[:, None]
+    mean = chosen.mean(axis=0)
+    norm = np.linalg.norm(mean)
+    return ref if norm == 0 else mean / norm
 
 
 def _pair_angles_deg(

@@ -28,15 +28,16 @@ import numpy.typing as npt
 from scipy.spatial.transform import Rotation
 
 from cryomanifold.simulate.models import AtomicModel, model_from_arrays
+from cryomanifold.simulate.project import AVERAGE_PROTEIN_COMPOSITION
 
 __all__ = ["BUILTIN_MODELS", "PROTEIN_HEAVY_ATOM_DENSITY", "builtin_model"]
 
 #: heavy atoms per Å^3 in protein (1.35 g/cm^3, 14.1 Da per heavy atom with its hydrogens)
 PROTEIN_HEAVY_ATOM_DENSITY = 0.058
 
-#: element mix of protein heavy atoms (fractions of C, N, O, S)
-_ELEMENTS = ("C", "N", "O", "S")
-_ELEMENT_FRACTIONS = (0.63, 0.17, 0.19, 0.01)
+#: element mix of protein heavy atoms
+_ELEMENTS = tuple(AVERAGE_PROTEIN_COMPOSITION)
+_ELEMENT_FRACTIONS = tuple(AVERAGE_PROTEIN_COMPOSITION.values())
 
 F64 = npt.NDArray[np.float64]
 

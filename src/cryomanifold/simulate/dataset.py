@@ -5,15 +5,16 @@
 ``_cmTruthLabel``: the species name or ``junk:<kind>``). The work is split in three
 steps that can be used alone:
 
-1. :func:`plan_particles` draws everything per particle (species or junk kind,
-   micrograph, CTF, pose, shift) into a table, in the shuffled output order;
-2. :func:`render_particles` makes the images of any rows of that table;
+1. :func:`~cryomanifold.simulate.plan.plan_particles` draws everything per particle
+   (species or junk kind, micrograph, CTF, pose, shift, B-factor, ice thickness)
+   into a table, in the shuffled output order;
+2. :func:`~cryomanifold.simulate.render.render_particles` makes the images of any
+   rows of that table;
 3. :func:`star_tables` turns the table into the ``optics`` and ``particles`` blocks.
 
 Reproducibility: the plan comes from ``seed``; the random numbers of particle
-``i`` (ice texture, junk, shot noise) come from its own stream
-``SeedSequence(seed, spawn_key=(1, i))``. The same seed therefore gives the same
-stack whatever the batch size.
+``i`` come from its own streams (:func:`cryomanifold.simulate.plan.particle_rngs`).
+The same seed therefore gives the same stack whatever the batch size.
 
 Micrographs: consecutive groups of ``particles_per_micrograph`` rows share a fake
 micrograph name and its CTF, like the output of RELION's extraction.
@@ -24,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +32,16 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from cryomanifold.ctf import CTFParams
-from cryomanifold.simulate import junk as junk_mod
-from cryomanifold.simulate.models import AtomicModel, resolve_model
-from cryomanifold.simulate.noise import (
-    ctf_batch,
-    draw_ctf,
-    intensity_from_potential,
-    particle_images_from_counts,
-    shot_noise,
-)
-from cryomanifold.simulate.project import (
-    Projector,
-    make_projector,
-    matrix_to_relion_euler,
-    random_rotations,
-    relion_euler_to_matrix,
-)
+from cryomanifold.simulate.config import SimulationConfig
+from cryomanifold.simulate.models import AtomicModel
+from cryomanifold.simulate.plan import check_counts, plan_particles
+from cryomanifold.simulate.project import Projector, make_projector, solvent_scale_for_contrast
+from cryomanifold.simulate.render import render_particles
+from cryomanifold.simulate.resolve import check_model_spec, resolve_model
 
 __all__ = [
     "SimulationConfig",
+    "make_projectors",
     "plan_particles",
     "render_particles",
     "simulate_dataset",
@@ -68,256 +58,6 @@ STACK_NAME = "particles.mrcs"
 STAR_NAME = "particles.star"
 
 
-@dataclass(frozen=True)
-class SimulationConfig:
-    """Imaging parameters of a simulation (defaults: the paper's T20S simulation).
-
-    Attributes
-    ----------
-    box_size : int
-        Box side in pixels (even).
-    pixel_size_angstrom : float
-    dose_e_per_angstrom2 : float
-        Electron dose, e/Å^2.
-    voltage_kv, cs_mm, amplitude_contrast : float
-        Microscope: acceleration voltage (kV), spherical aberration (mm), fraction
-        of amplitude contrast.
-    defocus_range_angstrom : (float, float)
-        Mean defocus of each micrograph is uniform in this range, Å (underfocus > 0).
-    astigmatism_max_angstrom : float
-        DefocusU - DefocusV is uniform in [0, this], Å.
-    envelope_bfactor_angstrom2 : float
-        CTF envelope ``exp(-B k^2 / 4)``, written as ``rlnCtfBfactor``, Å^2.
-    shift_sigma_angstrom : float
-        Standard deviation of the in-plane particle shifts (each axis), Å.
-    particles_per_micrograph : int
-        Rows sharing a fake micrograph and its CTF.
-    ice_texture_std_angstrom : (float, float)
-        Range of the faint ice-thickness texture on every image, Å.
-    implicit_hydrogens, solvent : bool
-        Projection options (:func:`cryomanifold.simulate.project.scattering_channels`).
-    oversample : int
-        Projection grid oversampling (1: none).
-    """
-
-    box_size: int = 256
-    pixel_size_angstrom: float = 1.0
-    dose_e_per_angstrom2: float = 20.0
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.1
-    defocus_range_angstrom: tuple[float, float] = (10000.0, 25000.0)
-    astigmatism_max_angstrom: float = 500.0
-    envelope_bfactor_angstrom2: float = 50.0
-    shift_sigma_angstrom: float = 3.0
-    particles_per_micrograph: int = 100
-    ice_texture_std_angstrom: tuple[float, float] = (1.0, 4.0)
-    implicit_hydrogens: bool = True
-    solvent: bool = True
-    oversample: int = 1
-
-    def __post_init__(self) -> None:
-        checks = {
-            "box_size": self.box_size >= 8 and self.box_size % 2 == 0,
-            "pixel_size_angstrom": self.pixel_size_angstrom > 0,
-            "dose_e_per_angstrom2": self.dose_e_per_angstrom2 > 0,
-            "voltage_kv": self.voltage_kv > 0,
-            "cs_mm": self.cs_mm >= 0,
-            "amplitude_contrast": 0 <= self.amplitude_contrast < 1,
-            "defocus_range_angstrom": 0
-            < self.defocus_range_angstrom[0]
-            <= self.defocus_range_angstrom[1],
-            "astigmatism_max_angstrom": self.astigmatism_max_angstrom >= 0,
-            "shift_sigma_angstrom": self.shift_sigma_angstrom >= 0,
-            "particles_per_micrograph": self.particles_per_micrograph >= 1,
-            "oversample": self.oversample >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"invalid simulation setting {name}={getattr(self, name)!r}")
-
-
-def _particle_rngs(seed: int, indices: npt.ArrayLike) -> list[np.random.Generator]:
-    return [
-        np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, int(i))))
-        for i in np.asarray(indices).reshape(-1)
-    ]
-
-
-def plan_particles(
-    model_names: Sequence[str],
-    *,
-    n_per_model: int,
-    junk_fraction: float,
-    config: SimulationConfig,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Draw the per-particle parameters of a dataset, in shuffled output order.
-
-    ``n_per_model`` particles of each species plus
-    ``round(n_good * junk_fraction / (1 - junk_fraction))`` junk images (the kinds
-    of :data:`cryomanifold.simulate.junk.JUNK_KINDS` in equal shares), so that
-    ``junk_fraction`` is the share of junk in the whole dataset.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per image, index 0..n-1 (the image's position in the stack), columns
-        ``label``, ``kind`` (``"particle"`` or a junk kind), ``species`` (index into
-        ``model_names``, -1 for junk), ``micrograph`` (0-based), ``defocus_u``,
-        ``defocus_v``, ``defocus_angle``, ``rot``, ``tilt``, ``psi`` (degrees),
-        ``origin_x``, ``origin_y`` (RELION origin, Å). Junk rows have zero pose.
-    """
-    if n_per_model < 0:
-        raise ValueError(f"n_per_model must be >= 0; got {n_per_model}")
-    if not 0 <= junk_fraction < 1:
-        raise ValueError(f"junk_fraction must be in [0, 1); got {junk_fraction}")
-    if len(set(model_names)) != len(model_names):
-        raise ValueError(f"model names must be distinct; got {list(model_names)}")
-    n_good = n_per_model * len(model_names)
-    n_junk = round(n_good * junk_fraction / (1.0 - junk_fraction))
-    n = n_good + n_junk
-    if n == 0:
-        raise ValueError("nothing to simulate: give at least one model and n_per_model >= 1")
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
-    species = np.concatenate(
-        [np.repeat(np.arange(len(model_names)), n_per_model), np.full(n_junk, -1)]
-    ).astype(np.int64)
-    kinds = np.array(
-        ["particle"] * n_good
-        + [junk_mod.JUNK_KINDS[i % len(junk_mod.JUNK_KINDS)] for i in range(n_junk)]
-    )
-    order = rng.permutation(n)
-    species, kinds = species[order], kinds[order]
-    labels = np.where(
-        species >= 0, np.asarray([*model_names, ""])[species], np.char.add("junk:", kinds)
-    )
-    micrograph = np.arange(n) // config.particles_per_micrograph
-    ctf = draw_ctf(
-        int(micrograph[-1]) + 1,
-        rng,
-        defocus_range_angstrom=config.defocus_range_angstrom,
-        astigmatism_max_angstrom=config.astigmatism_max_angstrom,
-    )
-    euler = matrix_to_relion_euler(random_rotations(n, rng))
-    shifts = (
-        rng.normal(0.0, config.shift_sigma_angstrom, (n, 2))
-        if config.shift_sigma_angstrom
-        else np.zeros((n, 2))
-    )
-    junk = species < 0
-    euler[junk] = 0.0
-    shifts[junk] = 0.0
-    return pd.DataFrame(
-        {
-            "label": labels,
-            "kind": kinds,
-            "species": species,
-            "micrograph": micrograph,
-            "defocus_u": np.asarray(ctf.defocus_u_angstrom)[micrograph],
-            "defocus_v": np.asarray(ctf.defocus_v_angstrom)[micrograph],
-            "defocus_angle": np.asarray(ctf.defocus_angle_deg)[micrograph],
-            "rot": euler[:, 0],
-            "tilt": euler[:, 1],
-            "psi": euler[:, 2],
-            # RELION's origin shifts the image onto the centred projection: minus the shift
-            "origin_x": -shifts[:, 0] + 0.0,
-            "origin_y": -shifts[:, 1] + 0.0,
-        }
-    )
-
-
-def _ctf_params(plan: pd.DataFrame, config: SimulationConfig) -> CTFParams:
-    n = len(plan)
-    return CTFParams(
-        defocus_u_angstrom=plan["defocus_u"].to_numpy(dtype=np.float64),
-        defocus_v_angstrom=plan["defocus_v"].to_numpy(dtype=np.float64),
-        defocus_angle_deg=plan["defocus_angle"].to_numpy(dtype=np.float64),
-        voltage_kv=np.full(n, config.voltage_kv),
-        cs_mm=np.full(n, config.cs_mm),
-        amplitude_contrast=np.full(n, config.amplitude_contrast),
-        bfactor_angstrom2=np.full(n, config.envelope_bfactor_angstrom2),
-    )
-
-
-def render_particles(
-    plan: pd.DataFrame,
-    projectors: Sequence[Projector],
-    config: SimulationConfig,
-    *,
-    seed: int = 0,
-    return_counts: bool = False,
-) -> F32:
-    """Simulate the images of some rows of a plan.
-
-    Parameters
-    ----------
-    plan : pandas.DataFrame
-        Rows of :func:`plan_particles` (any subset; the index identifies each
-        image's random stream).
-    projectors : sequence of Projector
-        One per species, in the order of the plan's ``species`` numbers.
-    config : SimulationConfig
-    seed : int
-        The seed the plan was drawn with.
-    return_counts : bool
-        Return the raw electron counts (protein dark, mean ``dose * pixel area``)
-        instead of the normalised, contrast-inverted images.
-
-    Returns
-    -------
-    ndarray, shape (len(plan), L, L), float32
-    """
-    n, box = len(plan), config.box_size
-    rngs = _particle_rngs(seed, plan.index.to_numpy())
-    kinds = plan["kind"].to_numpy()
-    texture = np.broadcast_to(np.asarray(config.ice_texture_std_angstrom, float), (n, 2)).copy()
-    texture[kinds == "ice"] = (10.0, 30.0)
-    spec = junk_mod.ice_texture_spectrum(
-        rngs,
-        box_size=box,
-        pixel_size_angstrom=config.pixel_size_angstrom,
-        thickness_std_angstrom=texture,
-    )
-    absorption = np.zeros((n, box, box), dtype=np.float32)
-    contrast = np.zeros((n, box, box), dtype=np.float32)
-    species = plan["species"].to_numpy()
-    rotations = relion_euler_to_matrix(plan[["rot", "tilt", "psi"]].to_numpy())
-    shifts = -plan[["origin_x", "origin_y"]].to_numpy()
-    for s, projector in enumerate(projectors):
-        sel = np.flatnonzero(species == s)
-        if sel.size:
-            spec[sel] += projector.spectrum(rotations[sel], shifts[sel])
-    params = _ctf_params(plan, config)
-    junk_mod.add_junk(
-        spec,
-        contrast,
-        absorption,
-        kinds=kinds,
-        ctf=params,
-        rngs=rngs,
-        projectors=projectors,
-        pixel_size_angstrom=config.pixel_size_angstrom,
-        voltage_kv=config.voltage_kv,
-    )
-    ctf = ctf_batch(params, box, config.pixel_size_angstrom)
-    has_junk = bool(np.any(species < 0))
-    intensity = intensity_from_potential(
-        spec,
-        ctf,
-        voltage_kv=config.voltage_kv,
-        absorption=absorption if has_junk else None,
-        extra_contrast=contrast if has_junk else None,
-    )
-    counts = shot_noise(
-        intensity,
-        dose_e_per_angstrom2=config.dose_e_per_angstrom2,
-        pixel_size_angstrom=config.pixel_size_angstrom,
-        rngs=rngs,
-    )
-    return counts if return_counts else particle_images_from_counts(counts)
-
-
 def star_tables(
     plan: pd.DataFrame, config: SimulationConfig, *, stack_name: str = STACK_NAME
 ) -> dict[str, pd.DataFrame]:
@@ -326,7 +66,8 @@ def star_tables(
     Returns
     -------
     dict
-        ``{"optics": DataFrame, "particles": DataFrame}`` for ``starfile.write``.
+        ``{"optics": DataFrame, "particles": DataFrame}`` for ``starfile.write``;
+        ``rlnCtfBfactor`` only when ``config.record_bfactor``.
     """
     optics = pd.DataFrame(
         {
@@ -342,6 +83,9 @@ def star_tables(
     )
     n = len(plan)
     digits = max(6, len(str(n)))
+    bfactor = (
+        plan["bfactor"].to_numpy() if "bfactor" in plan else np.full(n, config.bfactor_range[0])
+    )
     particles = pd.DataFrame(
         {
             "rlnImageName": [f"{i:0{digits}d}@{stack_name}" for i in range(1, n + 1)],
@@ -350,7 +94,7 @@ def star_tables(
             "rlnDefocusU": plan["defocus_u"].to_numpy(),
             "rlnDefocusV": plan["defocus_v"].to_numpy(),
             "rlnDefocusAngle": plan["defocus_angle"].to_numpy(),
-            "rlnCtfBfactor": np.full(n, config.envelope_bfactor_angstrom2),
+            "rlnCtfBfactor": bfactor,
             "rlnAngleRot": plan["rot"].to_numpy(),
             "rlnAngleTilt": plan["tilt"].to_numpy(),
             "rlnAnglePsi": plan["psi"].to_numpy(),
@@ -359,29 +103,53 @@ def star_tables(
             "cmTruthLabel": plan["label"].to_numpy(),
         }
     )
+    if not config.record_bfactor:  # real metadata do not know the particle's B-factor
+        particles = particles.drop(columns="rlnCtfBfactor")
     return {"optics": optics, "particles": particles}
 
 
-def _prepare(
-    models: Sequence[ModelSpec], config: SimulationConfig
-) -> tuple[list[AtomicModel], list[Projector]]:
+def _as_list(models: Sequence[ModelSpec] | ModelSpec) -> list[ModelSpec]:
     if isinstance(models, str | os.PathLike | AtomicModel):
-        models = [models]
-    resolved = [resolve_model(m) for m in models]
-    if not resolved:
-        raise ValueError("give at least one model (a .pdb/.cif file or builtin:NAME)")
-    projectors = [
+        return [models]
+    return list(models)
+
+
+def make_projectors(models: Sequence[AtomicModel], config: SimulationConfig) -> list[Projector]:
+    """One projector per model with the config's grid and solvent settings.
+
+    Raises
+    ------
+    ValueError
+        If a model does not fit in the box.
+    """
+    scale = (
+        1.0
+        if config.protein_contrast is None
+        else solvent_scale_for_contrast(
+            config.protein_contrast, implicit_hydrogens=config.implicit_hydrogens
+        )
+    )
+    return [
         make_projector(
             m,
             box_size=config.box_size,
             pixel_size_angstrom=config.pixel_size_angstrom,
             implicit_hydrogens=config.implicit_hydrogens,
             solvent=config.solvent,
+            solvent_scale=scale,
             oversample=config.oversample,
         )
-        for m in resolved
+        for m in models
     ]
-    return resolved, projectors
+
+
+def _prepare(
+    models: Sequence[ModelSpec], config: SimulationConfig
+) -> tuple[list[AtomicModel], list[Projector]]:
+    resolved = [resolve_model(m) for m in _as_list(models)]
+    if not resolved:
+        raise ValueError("give at least one model (a .pdb/.cif file or builtin:NAME)")
+    return resolved, make_projectors(resolved, config)
 
 
 def simulate_particles(
@@ -411,6 +179,7 @@ def simulate_particles(
         :func:`star_tables` of the dataset (the stack name is ``particles.mrcs``).
     """
     config = config or SimulationConfig()
+    check_counts(len(_as_list(models)), n_per_model, junk_fraction)
     resolved, projectors = _prepare(models, config)
     plan = plan_particles(
         [m.name for m in resolved],
@@ -436,6 +205,7 @@ def simulate_dataset(
     seed: int = 0,
     batch_size: int = 32,
     overwrite: bool = False,
+    preset: str = "paper",
     **options: Any,
 ) -> Path:
     """Simulate particles of the given models plus junk and write them to ``out_dir``.
@@ -464,8 +234,11 @@ def simulate_dataset(
         Images simulated at a time.
     overwrite : bool
         Replace existing output files.
+    preset : {"paper", "realistic"}
+        Starting point of the imaging (:meth:`SimulationConfig.preset`); the
+        arguments above and ``options`` override it.
     **options
-        Other :class:`SimulationConfig` fields (``cs_mm``, ``amplitude_contrast``, ...).
+        Other :class:`SimulationConfig` fields (``cs_mm``, ``shift_max_angstrom``, ...).
 
     Returns
     -------
@@ -485,23 +258,25 @@ def simulate_dataset(
 
     from cryomanifold._atomic import atomic_path, check_writable
 
-    unknown = set(options) - {f.name for f in fields(SimulationConfig)}
-    if unknown:
-        raise TypeError(f"unknown simulation option(s): {', '.join(sorted(unknown))}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    config = SimulationConfig(
+    # cheap checks first: settings, counts and the output files, then the models
+    config = SimulationConfig.preset(
+        preset,
         box_size=box_size,
         pixel_size_angstrom=pixel_size_angstrom,
         dose_e_per_angstrom2=dose_e_per_angstrom2,
         voltage_kv=voltage_kv,
-        defocus_range_angstrom=tuple(defocus_range_angstrom),  # type: ignore[arg-type]
+        defocus_range_angstrom=tuple(defocus_range_angstrom),
         **options,
     )
-    resolved, projectors = _prepare(models, config)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    check_counts(len(_as_list(models)), n_per_model, junk_fraction)
+    for spec in _as_list(models):
+        check_model_spec(spec)
     out = Path(out_dir)
     stack_path = check_writable(out / STACK_NAME, overwrite=overwrite)
     star_path = check_writable(out / STAR_NAME, overwrite=overwrite)
+    resolved, projectors = _prepare(models, config)
     plan = plan_particles(
         [m.name for m in resolved],
         n_per_model=n_per_model,

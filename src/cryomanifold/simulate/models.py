@@ -2,9 +2,9 @@
 
 An :class:`AtomicModel` is a small frozen record of heavy-atom coordinates (Å,
 centred on the centre of mass), element symbols and isotropic B-factors. Files are
-read with :func:`load_model`; ``builtin:NAME`` specifications resolve to the
-synthetic assemblies of :mod:`cryomanifold.simulate.builtin` (see
-:func:`resolve_model`).
+read with :func:`load_model`; :func:`cryomanifold.simulate.resolve.resolve_model`
+also accepts ``builtin:NAME`` (the synthetic assemblies of
+:mod:`cryomanifold.simulate.builtin`).
 
 Hydrogens and waters in the file are dropped: the projector adds implicit
 hydrogens and the displaced solvent itself (:mod:`cryomanifold.simulate.project`),
@@ -22,16 +22,11 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
-    "BUILTIN_PREFIX",
     "AtomicModel",
     "check_fits_box",
     "load_model",
     "model_from_arrays",
-    "resolve_model",
 ]
-
-#: prefix of model specifications naming a built-in synthetic assembly
-BUILTIN_PREFIX = "builtin:"
 
 F64 = npt.NDArray[np.float64]
 
@@ -307,25 +302,6 @@ def load_model(
         np.array(bfactors),
         source=str(p),
     )
-
-
-def resolve_model(spec: str | os.PathLike[str] | AtomicModel) -> AtomicModel:
-    """Turn a model specification into an :class:`AtomicModel`.
-
-    Parameters
-    ----------
-    spec : str, path-like or AtomicModel
-        An AtomicModel (returned as is), ``"builtin:NAME"`` (one of
-        :data:`cryomanifold.simulate.builtin.BUILTIN_MODELS`) or a file path.
-    """
-    if isinstance(spec, AtomicModel):
-        return spec
-    text = os.fspath(spec)
-    if text.startswith(BUILTIN_PREFIX):
-        from cryomanifold.simulate.builtin import builtin_model
-
-        return builtin_model(text[len(BUILTIN_PREFIX) :])
-    return load_model(text)
 
 
 def check_fits_box(

@@ -22,13 +22,14 @@ box edge reappears on the opposite side.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
-from cryomanifold.ctf import CTFParams, ctf_2d, electron_wavelength_angstrom
+from cryomanifold.ctf import CTFParams, ctf_2d, electron_wavelength_angstrom, frequency_grid
 from cryomanifold.preprocess import normalize
 from cryomanifold.simulate.project import POTENTIAL_PER_SCATTERING_FACTOR
 
@@ -104,13 +105,16 @@ def ctf_batch(params: CTFParams, box_size: int, pixel_size_angstrom: float) -> F
     """``ctf_2d`` for a batch, evaluated once per distinct parameter set.
 
     Particles from one micrograph share their CTF, so a batch usually holds a few
-    distinct ones.
+    distinct ones. When the particles of a micrograph differ only in their envelope
+    B-factor, the CTF is evaluated once per micrograph and multiplied by each
+    particle's envelope ``exp(-B k^2 / 4)``.
 
     Returns
     -------
     ndarray, shape (n, L, L // 2 + 1), float32
     """
-    table = np.stack(
+    bfactor = np.broadcast_to(np.asarray(params.bfactor_angstrom2, dtype=np.float64), len(params))
+    optics = np.stack(
         [
             np.asarray(params.defocus_u_angstrom),
             np.asarray(params.defocus_v_angstrom),
@@ -119,13 +123,27 @@ def ctf_batch(params: CTFParams, box_size: int, pixel_size_angstrom: float) -> F
             np.asarray(params.cs_mm),
             np.asarray(params.amplitude_contrast),
             np.broadcast_to(params.phase_shift_deg, len(params)),
-            np.broadcast_to(params.bfactor_angstrom2, len(params)),
         ],
         axis=1,
     )
+    table = np.concatenate([optics, bfactor[:, None]], axis=1)
     _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
-    unique_ctf = ctf_2d(params.subset(first), box_size, pixel_size_angstrom, rfft=True)
-    return unique_ctf[np.asarray(inverse).reshape(-1)]
+    _, first_optics, inverse_optics = np.unique(
+        optics, axis=0, return_index=True, return_inverse=True
+    )
+    if first.size == first_optics.size:  # one B-factor per CTF: evaluate each once
+        unique_ctf = ctf_2d(params.subset(first), box_size, pixel_size_angstrom, rfft=True)
+        return unique_ctf[np.asarray(inverse).reshape(-1)]
+    plain = dataclasses.replace(params.subset(first_optics), bfactor_angstrom2=0.0)
+    out = ctf_2d(plain, box_size, pixel_size_angstrom, rfft=True)[
+        np.asarray(inverse_optics).reshape(-1)
+    ]
+    kx, ky = frequency_grid(box_size, pixel_size_angstrom, rfft=True)
+    k2 = (kx**2 + ky**2).astype(np.float32)
+    for i, b in enumerate(bfactor):
+        if b:
+            out[i] *= np.exp(np.float32(-b / 4.0) * k2)
+    return out
 
 
 def intensity_from_potential(

@@ -9,7 +9,11 @@ Gaussians whose integral is ``47.8779 * sum_i a_i`` V Å^3. Hydrogens absent fro
 the models are added as implicit ("united") atoms, and the water each atom
 displaces is subtracted as a Gaussian of the atom's volume (Fraser, MacRae and
 Suzuki 1978): the projection is the contrast of the particle against vitreous
-ice, which is what an image shows.
+ice, which is what an image shows. With neutral-atom scattering factors, protein of
+average composition (with its hydrogens, 1.35 g/cm^3) has a mean inner potential of
+7.9 V and vitreous ice (0.94 g/cm^3) 4.57 V, so the low-resolution contrast in ice is
+0.42 of that in vacuum. ``solvent_scale`` scales the displaced ice's potential, as
+needed to reach a lower contrast (:func:`solvent_scale_for_contrast`).
 
 Algorithm. Atoms are rotated, spread onto the pixel grid with bilinear
 (cloud-in-cell) weights, one grid per scattering channel (element), Fourier
@@ -43,14 +47,17 @@ from cryomanifold.ctf import frequency_grid
 from cryomanifold.simulate.models import AtomicModel, check_fits_box
 
 __all__ = [
+    "AVERAGE_PROTEIN_COMPOSITION",
     "POTENTIAL_PER_SCATTERING_FACTOR",
     "WATER_MEAN_INNER_POTENTIAL_VOLTS",
     "Projector",
     "make_projector",
     "matrix_to_relion_euler",
+    "protein_mean_inner_potential_volts",
     "random_rotations",
     "relion_euler_to_matrix",
     "scattering_channels",
+    "solvent_scale_for_contrast",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -66,6 +73,8 @@ _IMPLICIT_HYDROGENS = {"C": 1.2, "N": 1.1, "O": 0.25, "S": 0.5}
 #: heavy atom on average, the partial specific volume of protein); other elements use
 #: their van der Waals sphere
 _DISPLACED_VOLUME = {"C": 20.0, "N": 14.0, "O": 12.0, "S": 26.0}
+#: element fractions of the heavy atoms of an average protein
+AVERAGE_PROTEIN_COMPOSITION: dict[str, float] = {"C": 0.63, "N": 0.17, "O": 0.19, "S": 0.01}
 #: water molecules per Å^3 in vitreous ice (0.94 g/cm^3)
 _WATER_NUMBER_DENSITY = 0.0314
 #: images spread per histogram pass (see _spread_bilinear)
@@ -88,6 +97,50 @@ def _water_scattering_density() -> float:
 
 #: mean inner potential of vitreous ice from neutral-atom scattering factors, V (4.57)
 WATER_MEAN_INNER_POTENTIAL_VOLTS = POTENTIAL_PER_SCATTERING_FACTOR * _water_scattering_density()
+
+
+def _average_protein_atom(implicit_hydrogens: bool = True) -> tuple[float, float]:
+    """Scattering factor at k = 0 (Å) and displaced volume (Å^3) of an average heavy atom."""
+    f0 = volume = 0.0
+    h0 = float(_c4322("H")[0].sum())
+    for el, frac in AVERAGE_PROTEIN_COMPOSITION.items():
+        n_h = _IMPLICIT_HYDROGENS[el] if implicit_hydrogens else 0.0
+        f0 += frac * (float(_c4322(el)[0].sum()) + n_h * h0)
+        volume += frac * _DISPLACED_VOLUME[el]
+    return f0, volume
+
+
+def protein_mean_inner_potential_volts(implicit_hydrogens: bool = True) -> float:
+    """Mean inner potential of protein of average composition, V (7.9 with hydrogens).
+
+    Neutral-atom scattering factors of :data:`AVERAGE_PROTEIN_COMPOSITION` (plus the
+    implicit hydrogens) over the displaced volume (1.35 g/cm^3).
+    """
+    f0, volume = _average_protein_atom(implicit_hydrogens)
+    return POTENTIAL_PER_SCATTERING_FACTOR * f0 / volume
+
+
+def solvent_scale_for_contrast(fraction: float, *, implicit_hydrogens: bool = True) -> float:
+    """Scale of the displaced ice that gives protein a chosen low-resolution contrast.
+
+    Parameters
+    ----------
+    fraction : float
+        Wanted contrast of average protein against the ice as a fraction of its
+        vacuum contrast, ``(V_protein - V_ice) / V_protein``, in (0, 1).
+    implicit_hydrogens : bool
+        Whether the projector adds implicit hydrogens (as it does by default).
+
+    Returns
+    -------
+    float
+        ``solvent_scale`` for :func:`make_projector`: 1 gives 0.42 (neutral-atom ice,
+        4.57 V); 1.22 gives 0.30 (an effective ice potential of 5.6 V).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the contrast fraction must be in (0, 1); got {fraction}")
+    f0, volume = _average_protein_atom(implicit_hydrogens)
+    return (1.0 - fraction) * f0 / (_water_scattering_density() * volume)
 
 
 @dataclass(frozen=True)
@@ -115,7 +168,11 @@ class ScatteringChannel:
 
 
 def scattering_channels(
-    model: AtomicModel, *, implicit_hydrogens: bool = True, solvent: bool = True
+    model: AtomicModel,
+    *,
+    implicit_hydrogens: bool = True,
+    solvent: bool = True,
+    solvent_scale: float = 1.0,
 ) -> tuple[list[ScatteringChannel], npt.NDArray[np.intp]]:
     """Group the model's atoms by element into scattering channels.
 
@@ -127,6 +184,9 @@ def scattering_channels(
         (C 1.2, N 1.1, O 0.25, S 0.5) to its scattering factor.
     solvent : bool
         Subtract the water displaced by each atom (vacuum potential if False).
+    solvent_scale : float
+        Multiplies the displaced water's potential (1: neutral-atom vitreous ice,
+        4.57 V; see :func:`solvent_scale_for_contrast`).
 
     Returns
     -------
@@ -141,7 +201,9 @@ def scattering_channels(
     names, channel_of_atom = np.unique(model.elements, return_inverse=True)
     bfac = np.where(model.bfactors > 0, model.bfactors, DEFAULT_BFACTOR_ANGSTROM2)
     h_a, h_b = _c4322("H")
-    rho_water = _water_scattering_density()
+    if not solvent_scale > 0:
+        raise ValueError(f"solvent_scale must be positive; got {solvent_scale}")
+    rho_water = _water_scattering_density() * solvent_scale
     channels = []
     for i, name in enumerate(names):
         el = str(name)
@@ -374,6 +436,7 @@ def make_projector(
     pixel_size_angstrom: float,
     implicit_hydrogens: bool = True,
     solvent: bool = True,
+    solvent_scale: float = 1.0,
     oversample: int = 1,
     check_size: bool = True,
 ) -> Projector:
@@ -387,6 +450,8 @@ def make_projector(
     pixel_size_angstrom : float
         Pixel size, Å.
     implicit_hydrogens, solvent : bool
+        See :func:`scattering_channels`.
+    solvent_scale : float
         See :func:`scattering_channels`.
     oversample : int
         Spread atoms on a grid this many times finer (1: none). 2 removes most
@@ -409,7 +474,7 @@ def make_projector(
     if check_size:
         check_fits_box(model, box_size, pixel_size_angstrom)
     channels, channel_of_atom = scattering_channels(
-        model, implicit_hydrogens=implicit_hydrogens, solvent=solvent
+        model, implicit_hydrogens=implicit_hydrogens, solvent=solvent, solvent_scale=solvent_scale
     )
     fine, pix = box_size * oversample, pixel_size_angstrom / oversample
     kx, ky = frequency_grid(fine, pix, rfft=True)
