@@ -252,11 +252,11 @@ def simulate_dataset(
     ValueError
         For invalid settings or models (unreadable, empty, too large for the box).
     """
-    import mrcfile
     import starfile
     from tqdm.auto import tqdm
 
     from cryomanifold._atomic import atomic_path, check_writable
+    from cryomanifold.io import MrcStackWriter
 
     # cheap checks first: settings, counts and the output files, then the models
     config = SimulationConfig.preset(
@@ -295,26 +295,16 @@ def simulate_dataset(
         out,
     )
     out.mkdir(parents=True, exist_ok=True)
-    lo, hi, total, total_sq = np.inf, -np.inf, 0.0, 0.0
+    # batched plain writes into a preallocated file: a full disk is an error naming the
+    # file and the space needed, never a SIGBUS of a memory map
     with (
-        atomic_path(stack_path) as tmp,
-        mrcfile.new_mmap(tmp, shape=(n, box, box), mrc_mode=2, overwrite=True) as mrc,
+        MrcStackWriter(stack_path, n, box, config.pixel_size_angstrom, overwrite=overwrite) as mrc,
         tqdm(total=n, disable=None, unit="img", desc="simulate") as bar,
     ):
-        mrc.set_image_stack()
-        mrc.voxel_size = config.pixel_size_angstrom
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            images = render_particles(plan.iloc[start:stop], projectors, config, seed=seed)
-            mrc.data[start:stop] = images
-            lo, hi = min(lo, float(images.min())), max(hi, float(images.max()))
-            total += float(images.sum(dtype=np.float64))
-            total_sq += float(np.square(images, dtype=np.float64).sum())
+            mrc.write(render_particles(plan.iloc[start:stop], projectors, config, seed=seed))
             bar.update(stop - start)
-        count = n * box * box
-        mean = total / count
-        mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = lo, hi, mean
-        mrc.header.rms = np.sqrt(max(total_sq / count - mean**2, 0.0))
     with atomic_path(star_path) as tmp:
         starfile.write(star_tables(plan, config), tmp)
     log.info("wrote %s and %s", stack_path, star_path)
