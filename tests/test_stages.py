@@ -188,3 +188,56 @@ def test_local_cluster_equals_threads(project, reference_run, tmp_path):
     run(project, out, CFG, execution=Execution(workers=2))
     assert json.loads((out / "run.json").read_text())["execution"]["kind"] == "local-cluster"
     _same(out, reference_run)
+
+
+def test_two_runs_into_one_folder_through_the_cli(project, tmp_path, capsys):
+    from cryomanifold.cli import main as cli_main
+
+    out = tmp_path / "run"
+    with RunFolder(out).locked():
+        status = cli_main(["run", str(project), "--out", str(out), "--overwrite", "--quiet"])
+    assert status == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cryomanifold run: error: ") and "in use by" in err[-1]
+    assert not (out / "run.json").exists()
+
+
+def test_disk_full_during_a_run_names_the_file_and_leaves_it_incomplete(
+    project, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from cryomanifold.cli import main as cli_main
+
+    real = np.savez
+
+    def full(file, *args, **kwargs):
+        if "embed" in str(file):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", full)
+    out = tmp_path / "run"
+    status = cli_main(["run", str(project), "--out", str(out), "--quiet", "--classes", "3"])
+    assert status == 1
+    line = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("cryomanifold")]
+    assert len(line) == 1 and "embed.npz" in line[0] and "space" in line[0].lower()
+    assert not (out / "run.json").exists()
+    assert not list((out / "stages").glob(".*.tmp*"))  # no temporary file left
+
+
+def test_ctrl_c_during_a_run_leaves_the_folder_incomplete(project, tmp_path, monkeypatch, capsys):
+    from cryomanifold.cli import main as cli_main
+
+    def interrupted(task, settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(averages_stage, "average_class", interrupted)
+    out = tmp_path / "run"
+    status = cli_main(["run", str(project), "--out", str(out), "--quiet", "--classes", "3"])
+    assert status == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "interrupted" in err[0]
+    assert not (out / "run.json").exists()
+    state = json.loads((out / "stages" / "state.json").read_text())
+    assert "averages" not in state["stages"]  # resumable from there
