@@ -121,10 +121,54 @@ def test_measures_do_not_depend_on_the_batch():
         "mass",
         "peak_sigma",
         "finite",
+        "contrast",
     }
     for key, value in whole.items():
         assert value.shape == (20,) and value.dtype == np.float32
         np.testing.assert_allclose(value, np.concatenate([p[key] for p in parts]), rtol=1e-5)
+
+
+def test_shared_spectrum_measures_equal_the_standalone_functions():
+    """particle_measures computes mass, gradient, signal and contrast from one spectrum;
+    they must equal the public functions that each transform the images themselves."""
+    from cryomanifold.junk import particle_contrast
+    from cryomanifold.junk_signs import density_gradient, particle_mass, signal_zscore
+
+    rng = np.random.default_rng(10)
+    imgs = np.concatenate([particles(6, rng), noise(4, rng), shards(4, rng)])
+    m = particle_measures(imgs, pixel_size_angstrom=APIX, radius_px=20.0)
+    np.testing.assert_allclose(
+        m["mass"], particle_mass(imgs, pixel_size_angstrom=APIX, radius_px=20.0), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        m["gradient"], density_gradient(imgs, pixel_size_angstrom=APIX), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        m["signal_z"], signal_zscore(imgs, pixel_size_angstrom=APIX, radius_px=20.0), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        m["contrast"],
+        particle_contrast(imgs, pixel_size_angstrom=APIX, radius_px=20.0),
+        rtol=1e-4,
+    )
+
+
+def test_linear_measures_match_real_space_sums():
+    """The Parseval form of the mass equals the sum over the low-passed image."""
+    import scipy.fft as sfft
+
+    from cryomanifold.junk_signs import particle_mass
+    from cryomanifold.preprocess import radial_distance
+
+    rng = np.random.default_rng(11)
+    imgs = particles(5, rng)
+    box = imgs.shape[-1]
+    k = np.hypot(sfft.fftfreq(box)[:, None], sfft.rfftfreq(box)[None, :]) / APIX
+    low = sfft.irfft2(sfft.rfft2(imgs.astype(np.float64)) * (k < 1 / 40.0), s=(box, box))
+    r = radial_distance(box)
+    disk, edge = r <= 0.42 * box, r > 0.42 * box
+    expected = (low[:, disk] - low[:, edge].mean(axis=1)[:, None]).sum(axis=1)
+    np.testing.assert_allclose(particle_mass(imgs, pixel_size_angstrom=APIX), expected, rtol=1e-4)
 
 
 def test_measures_flag_non_finite_and_constant_images():

@@ -39,6 +39,8 @@ What each measure is for, and what it rests on:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
@@ -59,6 +61,7 @@ __all__ = [
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+C64 = npt.NDArray[np.complex64]
 
 #: A row pair counts as "repeated" when its mean squared difference is below this
 #: fraction of the image's median over all adjacent row pairs. Repeated rows give
@@ -72,14 +75,93 @@ _INNER_FRACTION = 0.3
 _OUTER_FRACTION = 0.42
 
 
+def _spectrum(images: F32, workers: int = -1) -> C64:
+    """``rfft2`` of a float32 batch (n, L, L // 2 + 1), complex64: shared by the measures."""
+    return np.asarray(sfft.rfft2(images, workers=workers), dtype=np.complex64)
+
+
+def _frequency(box: int) -> F64:
+    """Spatial frequency (cycles per pixel) of each rfft2 sample, (L, L // 2 + 1)."""
+    return np.hypot(sfft.fftfreq(box)[:, None], sfft.rfftfreq(box)[None, :])
+
+
+def _weight_image(box: int, kind: str, radius_px: float | None) -> F64:
+    """The real-space weights of the linear measures: ``"ramp_y"``, ``"ramp_x"`` (the
+    least-squares slope across the box) and ``"mass"`` (disk minus its area times the
+    outer ring's mean)."""
+    if kind in ("ramp_y", "ramp_x"):
+        c = np.arange(box, dtype=np.float64) - box // 2
+        ramp = np.broadcast_to(c[:, None], (box, box)) / float((c**2).sum() * box)
+        return np.asarray(ramp if kind == "ramp_y" else ramp.T)
+    r = radial_distance(box)
+    edge = r > _OUTER_FRACTION * box
+    limit = _OUTER_FRACTION * box if radius_px is None else min(radius_px, _OUTER_FRACTION * box)
+    disk = r <= limit
+    return np.asarray(disk.astype(np.float64) - edge * (disk.sum() / edge.sum()))
+
+
+@functools.lru_cache(maxsize=64)
+def _functional(box: int, kind: str, cutoff: float, radius_px: float | None = None) -> npt.NDArray:
+    """The spectrum-side form of ``sum_x w(x) lowpass(f)(x)`` for a weight image ``w``
+    (:func:`_weight_image`).
+
+    By Parseval, ``sum_x w(x) g(x) = N**-2 sum_k W*(k) G(k)`` over the full grid; on the
+    rfft half grid the columns other than 0 and N/2 stand for two conjugate samples.
+    Returns ``v`` (L * (L // 2 + 1),) complex128 with ``Re(spectrum @ v)`` the sum;
+    ``cutoff`` (cycles per pixel) is the low-pass applied to ``f``.
+    """
+    w = _weight_image(box, kind, radius_px)
+    mult = np.full(box // 2 + 1, 2.0)
+    mult[0] = 1.0
+    if box % 2 == 0:
+        mult[-1] = 1.0
+    keep = _frequency(box) < cutoff
+    v = np.conj(sfft.rfft2(w)) * keep * mult[None, :] / box**2
+    out = np.ascontiguousarray(v.ravel())
+    out.setflags(write=False)
+    return out
+
+
+def _apply(spec: C64, functional: npt.NDArray) -> F64:
+    """``Re(spectrum @ functional)`` per image, (n,)."""
+    flat = spec.reshape(spec.shape[0], -1)
+    return np.asarray(
+        (flat.real.astype(np.float64) @ functional.real) - (flat.imag @ functional.imag)
+    )
+
+
 def _lowpass(
     images: F32, pixel_size_angstrom: float, cutoff_angstrom: float, workers: int = -1
 ) -> F64:
     """Images with every Fourier component beyond ``1 / cutoff_angstrom`` removed."""
     box = images.shape[-1]
-    k = np.hypot(sfft.fftfreq(box)[:, None], sfft.rfftfreq(box)[None, :]) / pixel_size_angstrom
+    k = _frequency(box) / pixel_size_angstrom
     spec = sfft.rfft2(images.astype(np.float64), workers=workers) * (k < 1.0 / cutoff_angstrom)
     return np.asarray(sfft.irfft2(spec, s=(box, box), workers=workers))
+
+
+def _abs_ctf(ctf: CTFParams, box: int, pixel_size_angstrom: float) -> F32:
+    """``|CTF|`` on the rfft2 grid (n, L, L // 2 + 1), evaluated once per distinct CTF
+    (particles of one micrograph share theirs)."""
+    table = np.stack(
+        [
+            np.broadcast_to(np.asarray(getattr(ctf, name), dtype=np.float64), len(ctf))
+            for name in (
+                "defocus_u_angstrom",
+                "defocus_v_angstrom",
+                "defocus_angle_deg",
+                "voltage_kv",
+                "cs_mm",
+                "amplitude_contrast",
+                "phase_shift_deg",
+                "bfactor_angstrom2",
+            )
+        ],
+        axis=1,
+    )
+    _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
+    unique = np.abs(ctf_2d(ctf.subset(first), box, pixel_size_angstrom)).astype(np.float32)
+    return unique[np.asarray(inverse).reshape(-1)]
 
 
 def edge_stripe_widths(images: npt.ArrayLike, *, row_ratio: float = STRIPE_ROW_RATIO) -> F32:
@@ -106,22 +188,26 @@ def edge_stripe_widths(images: npt.ArrayLike, *, row_ratio: float = STRIPE_ROW_R
     ndarray, shape (n, 4), float32
         Widths in pixels at the top (first row), bottom, left and right edges.
     """
-    imgs = as_image_batch(images).astype(np.float64)
+    imgs = as_image_batch(images)
     out = np.zeros((imgs.shape[0], 4), dtype=np.float32)
-    rows = imgs
-    cols = imgs.transpose(0, 2, 1)
-    for e, arr in enumerate((rows, rows[:, ::-1], cols, cols[:, ::-1])):
-        diff = np.mean((arr[:, :-1] - arr[:, 1:]) ** 2, axis=2)  # (n, L - 1)
+    for axis, (first, last) in enumerate(((0, 1), (2, 3))):
+        arr = imgs if axis == 0 else imgs.transpose(0, 2, 1)
+        step = arr[:, :-1] - arr[:, 1:]
+        diff = np.einsum("nij,nij->ni", step, step, dtype=np.float64) / arr.shape[2]  # (n, L-1)
         ref = np.median(diff, axis=1, keepdims=True)
         repeated = diff < row_ratio * np.maximum(ref, 1e-30)
-        run = np.cumprod(repeated[:, 1:], axis=1).sum(axis=1)
-        out[:, e] = np.where(run > 0, run + 2, 0)
+        # the first and the last edge of this axis scan the same pairs from either end
+        for e, rep in ((first, repeated), (last, repeated[:, ::-1])):
+            run = np.cumprod(rep[:, 1:], axis=1).sum(axis=1)
+            out[:, e] = np.where(run > 0, run + 2, 0)
     return out
 
 
-def _radial_profile_spectrum(power: F64) -> F64:
-    """Rotational average of rfft2 power spectra (n, L, L // 2 + 1), put back on the grid."""
-    n, box = power.shape[0], power.shape[1]
+@functools.lru_cache(maxsize=16)
+def _ring_operator(box: int) -> tuple[F32, npt.NDArray[np.intp]]:
+    """Ring averaging on the rfft2 grid: ``(power @ op)[:, r]`` is the mean over ring
+    ``r`` (each half-grid sample counted as often as it stands in the full grid), and
+    the ring index of every sample, for putting the profile back on the grid."""
     ring = np.rint(
         np.hypot((sfft.fftfreq(box) * box)[:, None], np.arange(box // 2 + 1)[None, :])
     ).astype(np.intp)
@@ -130,13 +216,21 @@ def _radial_profile_spectrum(power: F64) -> F64:
     if box % 2 == 0:
         mult[:, -1] = 1.0
     n_rings = int(ring.max()) + 1
-    # one bincount over all images: image i's rings are offset by i * n_rings
-    index = (ring.ravel()[None, :] + n_rings * np.arange(n)[:, None]).ravel()
-    weights = np.broadcast_to(mult.ravel(), (n, mult.size))
     counts = np.bincount(ring.ravel(), mult.ravel(), n_rings)
-    sums = np.bincount(index, (power.reshape(n, -1) * weights).ravel(), n * n_rings)
-    profile = sums.reshape(n, n_rings) / np.maximum(counts, 1e-30)
-    return np.asarray(profile[:, ring])
+    op = np.zeros((ring.size, n_rings))
+    op[np.arange(ring.size), ring.ravel()] = mult.ravel() / counts[ring.ravel()]
+    out = np.ascontiguousarray(op, dtype=np.float32), ring.ravel()
+    for arr in out:
+        arr.setflags(write=False)
+    return out
+
+
+def _radial_profile_spectrum(power: npt.NDArray[np.floating]) -> F32:
+    """Rotational average of rfft2 power spectra (n, L, L // 2 + 1), put back on the grid."""
+    n, box = power.shape[0], power.shape[1]
+    op, ring = _ring_operator(box)
+    profile = power.reshape(n, -1).astype(np.float32, copy=False) @ op  # (n, n_rings)
+    return np.asarray(profile[:, ring].reshape(power.shape))
 
 
 def signal_zscore(
@@ -182,37 +276,75 @@ def signal_zscore(
         About N(0, 1) for noise; positive when the centre carries more energy than
         the noise gives; negative when the edge carries structure.
     """
-    imgs = as_image_batch(images).astype(np.float64)
-    n, box = imgs.shape[0], imgs.shape[-1]
+    imgs = as_image_batch(images)
+    return _signal_z(
+        _spectrum(imgs),
+        imgs.shape[-1],
+        pixel_size_angstrom=pixel_size_angstrom,
+        ctf=ctf,
+        radius_px=radius_px,
+        outer_px=outer_px,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _signal_regions(box: int, r_in: float, r_out: float) -> tuple[F32, F32, F64, F64]:
+    """Flat masks of the disk and the ring, and their self-overlaps ``(A * A)(d)``, flat."""
+    r = radial_distance(box)
+    inner = (r < r_in).astype(np.float64)
+    outer = (r > r_out).astype(np.float64)
+
+    def overlap(region: F64) -> F64:
+        return np.asarray(sfft.irfft2(np.abs(sfft.rfft2(region)) ** 2, s=(box, box)).ravel())
+
+    out = (
+        inner.ravel().astype(np.float32),
+        outer.ravel().astype(np.float32),
+        overlap(inner),
+        overlap(outer),
+    )
+    for arr in out:
+        arr.setflags(write=False)
+    return out
+
+
+def _signal_z(
+    spec: C64,
+    box: int,
+    *,
+    pixel_size_angstrom: float,
+    ctf: CTFParams | None,
+    radius_px: float | None,
+    outer_px: float | None,
+) -> F32:
+    """:func:`signal_zscore` from the batch's rfft2 spectrum."""
+    n = spec.shape[0]
     if ctf is not None and len(ctf) != n:
         raise ValueError(f"{len(ctf)} CTF entries for {n} images")
     r_in = _INNER_FRACTION * box if radius_px is None else float(radius_px)
     r_in = min(max(r_in, 2.0), 0.4 * box)
     r_out = max(_OUTER_FRACTION * box, r_in + 2.0) if outer_px is None else float(outer_px)
     r_out = min(r_out, 0.45 * box)
-    ring = np.hypot((sfft.fftfreq(box) * box)[:, None], np.arange(box // 2 + 1)[None, :])
-    band = ((ring >= 2) & (ring <= box / 2)).astype(np.float64)
+    ring = _frequency(box) * box
+    band = ((ring >= 2) & (ring <= box / 2)).astype(np.float32)
     if ctf is None:
         filt = np.broadcast_to(band, (n, *band.shape))
     else:
-        filt = np.abs(ctf_2d(ctf, box, pixel_size_angstrom)).astype(np.float64) * band
-    spec = sfft.rfft2(imgs)
-    filtered = sfft.irfft2(spec * filt, s=(box, box))
-    r = radial_distance(box)
-    inner = (r < r_in).astype(np.float64)
-    outer = (r > r_out).astype(np.float64)
-    e_in = (filtered**2 * inner).sum(axis=(1, 2)) / inner.sum()
-    e_out = (filtered**2 * outer).sum(axis=(1, 2)) / outer.sum()
+        filt = _abs_ctf(ctf, box, pixel_size_angstrom) * band
+    filtered = sfft.irfft2(spec * filt, s=(box, box)).reshape(n, -1)
+    inner, outer, ov_in, ov_out = _signal_regions(box, r_in, r_out)
+    energy = filtered * filtered
+    e_in = (energy @ inner).astype(np.float64) / float(inner.sum())
+    e_out = (energy @ outer).astype(np.float64) / float(outer.sum())
     # autocovariance of the filtered null noise, per pixel
-    noise = _radial_profile_spectrum(np.abs(spec) ** 2) * filt**2
-    cov = sfft.irfft2(noise, s=(box, box)) / box**2
-    var0 = np.maximum(cov[:, 0, 0], 1e-30)
-
-    def rel_var(region: F64) -> F64:
-        overlap = sfft.irfft2(np.abs(sfft.rfft2(region)) ** 2, s=(box, box))
-        return np.asarray(2.0 * (cov**2 * overlap).sum(axis=(1, 2)) / (region.sum() * var0) ** 2)
-
-    sd = np.sqrt(rel_var(inner) + rel_var(outer))
+    power = spec.real * spec.real + spec.imag * spec.imag
+    noise = _radial_profile_spectrum(power) * filt**2
+    cov = (sfft.irfft2(noise, s=(box, box)) / box**2).reshape(n, -1).astype(np.float64)
+    var0 = np.maximum(cov[:, 0], 1e-30)
+    cov2 = cov * cov
+    var_in = 2.0 * (cov2 @ ov_in) / (float(inner.sum()) * var0) ** 2
+    var_out = 2.0 * (cov2 @ ov_out) / (float(outer.sum()) * var0) ** 2
+    sd = np.sqrt(var_in + var_out)
     t = np.log(np.maximum(e_in, 1e-30) / np.maximum(e_out, 1e-30))
     return (t / np.maximum(sd, 1e-12)).astype(np.float32)
 
@@ -224,11 +356,12 @@ def excess_kurtosis(images: npt.ArrayLike) -> F32:
     -------
     ndarray, shape (n,), float32
     """
-    imgs = as_image_batch(images).astype(np.float64)
-    c2 = imgs - imgs.mean(axis=(1, 2), keepdims=True)
+    imgs = as_image_batch(images)
+    flat = imgs.reshape(imgs.shape[0], -1)
+    c2 = flat - flat.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
     c2 *= c2
-    m2 = np.mean(c2, axis=(1, 2))
-    m4 = np.mean(c2 * c2, axis=(1, 2))
+    m2 = np.mean(c2, axis=1, dtype=np.float64)
+    m4 = np.einsum("ni,ni->n", c2, c2, dtype=np.float64) / flat.shape[1]
     return (m4 / np.maximum(m2**2, 1e-30) - 3.0).astype(np.float32)
 
 
@@ -255,13 +388,17 @@ def density_gradient(
         In the units of the images (noise standard deviations for normalised ones).
     """
     imgs = as_image_batch(images)
-    box = imgs.shape[-1]
+    return _gradient(_spectrum(imgs), imgs.shape[-1], pixel_size_angstrom, lowpass_angstrom)
+
+
+def _gradient(
+    spec: C64, box: int, pixel_size_angstrom: float, lowpass_angstrom: float | None = None
+) -> F32:
+    """:func:`density_gradient` from the batch's rfft2 spectrum (two linear functionals)."""
     cut = box * pixel_size_angstrom / 3.0 if lowpass_angstrom is None else lowpass_angstrom
-    low = _lowpass(imgs, pixel_size_angstrom, cut)
-    c = np.arange(box) - box // 2
-    norm = float((c**2).sum() * box)
-    gy = np.einsum("nij,i->n", low, c.astype(np.float64)) / norm
-    gx = np.einsum("nij,j->n", low, c.astype(np.float64)) / norm
+    cycles = pixel_size_angstrom / cut
+    gy = _apply(spec, _functional(box, "ramp_y", cycles))
+    gx = _apply(spec, _functional(box, "ramp_x", cycles))
     return (np.hypot(gx, gy) * box).astype(np.float32)
 
 
@@ -298,14 +435,23 @@ def particle_mass(
     ndarray, shape (n,), float32
     """
     imgs = as_image_batch(images)
-    box = imgs.shape[-1]
-    low = _lowpass(imgs, pixel_size_angstrom, lowpass_angstrom, workers)
-    r = radial_distance(box)
-    edge = r > _OUTER_FRACTION * box
-    limit = _OUTER_FRACTION * box if radius_px is None else min(radius_px, _OUTER_FRACTION * box)
-    disk = r <= limit
-    level = low[:, edge].mean(axis=1)
-    return (low[:, disk] - level[:, None]).sum(axis=1).astype(np.float32)
+    spec = _spectrum(imgs, workers)
+    return _mass(spec, imgs.shape[-1], pixel_size_angstrom, radius_px, lowpass_angstrom)
+
+
+def _mass(
+    spec: C64,
+    box: int,
+    pixel_size_angstrom: float,
+    radius_px: float | None = None,
+    lowpass_angstrom: float = 40.0,
+) -> F32:
+    """:func:`particle_mass` from the batch's rfft2 spectrum: the low-passed density
+    summed over the disk minus the disk's area times the ring's mean, one linear
+    functional of the spectrum."""
+    cycles = pixel_size_angstrom / lowpass_angstrom
+    radius = None if radius_px is None else float(radius_px)
+    return _apply(spec, _functional(box, "mass", cycles, radius)).astype(np.float32)
 
 
 def peak_sigma(images: npt.ArrayLike) -> F32:
@@ -319,7 +465,7 @@ def peak_sigma(images: npt.ArrayLike) -> F32:
     ndarray, shape (n,), float32
         ``inf`` for images with no spread.
     """
-    imgs = as_image_batch(images).astype(np.float64)
+    imgs = as_image_batch(images)
     flat = imgs.reshape(imgs.shape[0], -1)
     med = np.median(flat, axis=1, keepdims=True)
     dev = np.abs(flat - med)
@@ -336,8 +482,13 @@ def particle_measures(
     radius_px: float | None = None,
     ctf: CTFParams | None = None,
     raw: npt.ArrayLike | None = None,
+    workers: int = -1,
 ) -> dict[str, F32]:
     """All per-particle junk measures of a batch (see the module docstring).
+
+    One float32 ``rfft2`` of the batch serves every Fourier-space measure (the
+    density gradient and the mass are linear functionals of it; the signal test and
+    the contrast need one inverse transform each).
 
     Parameters
     ----------
@@ -361,12 +512,17 @@ def particle_measures(
     -------
     dict of str to ndarray, shape (n,), float32
         ``edge_stripe_px``, ``signal_z``, ``kurtosis``, ``gradient``, ``mass``,
-        ``peak_sigma``, ``finite`` (1.0 or 0.0).
+        ``peak_sigma``, ``finite`` (1.0 or 0.0), and ``contrast`` (the centre-over-edge
+        contrast of :func:`cryomanifold.junk.particle_contrast`, a feature of the map).
+    workers : int
+        Threads for scipy.fft.
     """
     imgs = as_image_batch(images)
     n, box = imgs.shape[0], imgs.shape[-1]
     finite: npt.NDArray[np.bool_] = np.asarray(np.isfinite(imgs).all(axis=(1, 2)))
-    clean = np.where(finite[:, None, None], imgs, np.nan_to_num(imgs, posinf=0.0, neginf=0.0))
+    clean = imgs
+    if not finite.all():
+        clean = np.where(finite[:, None, None], imgs, np.nan_to_num(imgs, posinf=0.0, neginf=0.0))
     spread = clean.std(axis=(1, 2))
     finite &= spread > 0
     if raw is None:
@@ -377,12 +533,29 @@ def particle_measures(
             raise ValueError(f"raw has {raw_imgs.shape[0]} images, images {n}")
         stripes = edge_stripe_widths(raw_imgs).max(axis=1) * np.float32(box / raw_imgs.shape[-1])
     apix = pixel_size_angstrom
+    spec = _spectrum(clean.astype(np.float32, copy=False), workers)
     return {
         "edge_stripe_px": stripes.astype(np.float32),
-        "signal_z": signal_zscore(clean, pixel_size_angstrom=apix, ctf=ctf, radius_px=radius_px),
+        "signal_z": _signal_z(
+            spec, box, pixel_size_angstrom=apix, ctf=ctf, radius_px=radius_px, outer_px=None
+        ),
         "kurtosis": excess_kurtosis(clean),
-        "gradient": density_gradient(clean, pixel_size_angstrom=apix),
-        "mass": particle_mass(clean, pixel_size_angstrom=apix, radius_px=radius_px),
+        "gradient": _gradient(spec, box, apix),
+        "mass": _mass(spec, box, apix, radius_px),
         "peak_sigma": peak_sigma(clean),
         "finite": finite.astype(np.float32),
+        "contrast": _contrast(spec, box, apix, radius_px),
     }
+
+
+def _contrast(spec: C64, box: int, pixel_size_angstrom: float, radius_px: float | None) -> F32:
+    """Centre-over-edge variance ratio of the 25 Å low-passed images, from their spectrum
+    (:func:`cryomanifold.junk.particle_contrast`)."""
+    keep = (_frequency(box) / pixel_size_angstrom < 1.0 / 25.0).astype(np.float32)
+    low = sfft.irfft2(spec * keep, s=(box, box)).reshape(spec.shape[0], -1)
+    r = radial_distance(box).ravel()
+    inner = r < (0.3 * box if radius_px is None else min(radius_px, 0.42 * box))
+    outer = r > 0.42 * box
+    v_out = low[:, outer].var(axis=1, dtype=np.float64)
+    v_in = low[:, inner].var(axis=1, dtype=np.float64)
+    return (v_in / np.maximum(v_out, 1e-12)).astype(np.float32)

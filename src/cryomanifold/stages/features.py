@@ -70,7 +70,6 @@ def featurize_chunk(task: FeatureTask, settings: FeatureSettings) -> dict[str, f
     Runs inside a Dask task: it reads its own images (no memory map travels).
     """
     from cryomanifold.features import invariant_features
-    from cryomanifold.junk import particle_contrast
     from cryomanifold.junk_signs import particle_measures
     from cryomanifold.preprocess import bad_images, prepare_images
 
@@ -78,7 +77,7 @@ def featurize_chunk(task: FeatureTask, settings: FeatureSettings) -> dict[str, f
     stack = task.stack
     n = len(stack)
     feats: list[npt.NDArray[np.float32]] = []
-    measures: dict[str, npt.NDArray[np.float32]] = {"contrast": np.zeros(n, np.float32)}
+    measures: dict[str, npt.NDArray[np.float32]] = {}
     bad = np.zeros(n, dtype=bool)
     radius = None
     for idx, imgs in stack.batches(settings.batch_size):
@@ -91,18 +90,16 @@ def featurize_chunk(task: FeatureTask, settings: FeatureSettings) -> dict[str, f
         if settings.particle_diameter_angstrom is not None:
             radius = 0.5 * settings.particle_diameter_angstrom / apix
         w = settings.workers
-        measures["contrast"][idx] = particle_contrast(
-            prepared, pixel_size_angstrom=apix, radius_px=radius, workers=w
-        )
         ctf = stack.ctf.subset(idx) if stack.ctf is not None else None
-        # junk measures: edge stripes on the uncropped images (exact copies there),
-        # signal presence under each particle's CTF
+        # junk measures and the contrast feature from one spectrum: edge stripes on the
+        # uncropped images (exact copies there), signal presence under each CTF
         signs = particle_measures(
             prepared,
             pixel_size_angstrom=apix,
             radius_px=radius,
             ctf=ctf,
             raw=imgs if imgs.shape[-1] != prepared.shape[-1] else None,
+            workers=w,
         )
         for key, values in signs.items():
             measures.setdefault(key, np.zeros(n, np.float32))[idx] = values
