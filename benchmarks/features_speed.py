@@ -1,7 +1,7 @@
 """Speed of the feature stage against its floor, its invariance and its quality (issue 10.5).
 
-Simulates T20S proteasome + rubisco + 20% junk twice (default 1,200 per species,
-3,000 particles each): 64 px at 3.5 Å/px stored as **float16** (with CTF), and
+Simulates T20S proteasome + rubisco + 20% junk twice (default 600 per species,
+1,500 particles each): 64 px at 3.5 Å/px stored as **float16** (with CTF), and
 128 px at 1.75 Å/px stored as float32. On each stack, read in batches of 1,024
 through ``read_particles(...).batches``-style reads (from the page cache), it times:
 
@@ -26,8 +26,9 @@ for several ``pad_factor`` values on the simulated 64 px set: 10-NN species/junk
 accuracy (PCA 95%) and the share of each particle's 10 nearest neighbours within
 10° of its view (per species, features as the pipeline feeds them to the PCA).
 
-``--baseline REF`` also times the steps and layouts with the package as of git
-``REF`` (a ``git archive`` of ``src/``, in a subprocess) for a before/after table.
+``--baseline REF`` also times the steps and the single-threaded layouts (one BLAS
+thread) with the package as of git ``REF`` (a ``git archive`` of ``src/``, in a
+subprocess) for a before/after table.
 
 Writes benchmarks/results/features_speed.json and .md.
 
@@ -75,6 +76,7 @@ BATCH = 1024
 BOX = 64
 GOALS = {"whole_over_floor": 3.0, "core_over_floor": 2.0}
 PAD_FACTORS = (2.0, 1.5, 1.25, 1.0)
+BATCH_SIZES = (32, 64, 128, 256, 1024)  # invariant_features' internal batch
 Stage = Callable[[Any, npt.NDArray[np.int64], int], None]
 
 
@@ -202,7 +204,8 @@ class Layout:
 
 LAYOUTS = (
     Layout("1 thread (workers=1, 1 BLAS thread)", 1, 1, 1),
-    Layout("1 task, workers=2", 1, 2, None),
+    Layout("1 task, workers=2, 1 BLAS thread", 1, 2, 1),
+    Layout("1 task, workers=2, BLAS unlimited", 1, 2, None),
     Layout("2 tasks x workers=1, 1 BLAS thread", 2, 1, 1),
     Layout("2 tasks x workers=1, BLAS unlimited", 2, 1, None),
 )
@@ -308,12 +311,26 @@ def _steps(star: Path, repeats: int) -> dict[str, Any]:
                     padded_half_spectrum(p[i : i + sub], spec, 1)
 
         steps["  of which mask + zero-padded FFT"] = padded
+
+    def features_in_batches_of(size: int) -> Callable[[], None]:
+        def run() -> None:
+            for (p, a), c in zip(prepared, ctfs, strict=True):
+                invariant_features(p, ctf=c, pixel_size_angstrom=a, workers=1, batch_size=size)
+
+        return run
+
     with threadpool_limits(1, user_api="blas"):
         costs = {name: _best(f, n, repeats) for name, f in steps.items()}
+        internal = {size: _best(features_in_batches_of(size), n, repeats) for size in BATCH_SIZES}
     costs["floor (read + rfft2)"] = costs["read"] + costs["rfft2 at the input box"]
     stack.close()
     log.info("steps %s: %s", star, {k: round(v, 1) for k, v in costs.items()})
-    return {"n": n, "pixel_size_angstrom": prepared[0][1], "us_per_particle": costs}
+    return {
+        "n": n,
+        "pixel_size_angstrom": prepared[0][1],
+        "us_per_particle": costs,
+        "features_ctf_us_by_internal_batch": internal,
+    }
 
 
 def time_steps(star64: Path, star128: Path, repeats: int) -> dict[str, Any]:
@@ -528,6 +545,16 @@ def _markdown(data: dict[str, Any]) -> str:
             rows.append(row)
         lines += [f"### {box} ({'float16, with CTF' if box == '64px' else 'float32'})", ""]
         lines += [md_table(headers, rows)]
+    rows = [
+        [box, *steps[box]["features_ctf_us_by_internal_batch"].values()]
+        for box in ("64px", "128px")
+    ]
+    lines += [
+        "invariant_features (CTF) against its internal `batch_size` (the caller's batches "
+        f"are {BATCH}), us per particle:",
+        "",
+        md_table(["stack", *[str(b) for b in BATCH_SIZES]], rows),
+    ]
     s64 = steps["64px"]["us_per_particle"]
     if "  of which mask + zero-padded FFT" in s64:
         alt = s64["read"] + s64["  of which mask + zero-padded FFT"]
@@ -587,7 +614,7 @@ def _markdown(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n-per-model", type=int, default=1200)
+    p.add_argument("--n-per-model", type=int, default=600)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baseline", help="git ref to time as well (before/after)")
@@ -599,8 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args._baseline_out:  # the subprocess of run_baseline
         star64, star128 = args._stars
+        layouts = [lay for lay in LAYOUTS if lay.blas == 1 and lay.workers == 1]
         data = {
-            "layouts": time_layouts(star64, star128, args.repeats),
+            "layouts": time_layouts(star64, star128, args.repeats, layouts),
             "steps": time_steps(star64, star128, args.repeats),
         }
         args._baseline_out.write_text(json.dumps(data))

@@ -184,13 +184,8 @@ class CTFEvaluator:
         terms = [k2, k2 * np.cos(two_a), k2 * np.sin(two_a), k2**2, np.ones_like(k2)]
         self._terms = np.stack(terms).astype(np.float32)
 
-    def __call__(
-        self, params: CTFParams, *, frequencies_first: bool = False
-    ) -> npt.NDArray[np.float32]:
-        """``sin(chi)`` times the B-factor envelope, float32, in [-1, 1].
-
-        Shape (n, *shape), or (*shape, n) with ``frequencies_first``.
-        """
+    def __call__(self, params: CTFParams) -> npt.NDArray[np.float32]:
+        """``sin(chi)`` times the B-factor envelope, shape (n, *shape), float32, in [-1, 1]."""
         lam = electron_wavelength_angstrom(params.voltage_kv)
         du = np.asarray(params.defocus_u_angstrom)
         dv = np.asarray(params.defocus_v_angstrom)
@@ -207,17 +202,11 @@ class CTFEvaluator:
             ],
             axis=1,
         )
-        if frequencies_first:
-            out = self._terms.T @ coeffs.T.astype(np.float32)
-        else:
-            out = coeffs.astype(np.float32) @ self._terms
+        out = coeffs.astype(np.float32) @ self._terms
         np.sin(out, out=out)
         bfac = np.asarray(params.bfactor_angstrom2)
         if np.any(bfac != 0):
-            envelope = np.exp(np.multiply.outer(-0.25 * bfac, self._k2)).astype(np.float32)
-            out *= envelope.T if frequencies_first else envelope
-        if frequencies_first:
-            return out.reshape(*self.shape, len(params))
+            out *= np.exp(np.multiply.outer(-0.25 * bfac, self._k2)).astype(np.float32)
         return out.reshape(len(params), *self.shape)
 
 

@@ -24,6 +24,9 @@ __all__ = [
 
 F32 = npt.NDArray[np.float32]
 
+#: Images per chunk in the multi-pass steps, so that a chunk stays in cache (~1 MB at 64 px).
+_CHUNK = 64
+
 
 def as_image_batch(images: npt.ArrayLike) -> F32:
     """``images`` as a float32 batch ``(n, L, L)``; a single ``(L, L)`` image becomes n = 1.
@@ -72,23 +75,28 @@ def fourier_crop(images: npt.ArrayLike, new_box: int, *, workers: int = -1) -> F
     )
 
 
-def _cropped_spectrum(imgs: F32, new_box: int, workers: int) -> npt.NDArray[np.complex64]:
-    """The ``rfft2`` half spectrum of a ``new_box`` grid, cropped from that of ``imgs`` and
-    scaled so that its inverse keeps the images' mean."""
+def _cropped_spectrum(
+    imgs: F32, new_box: int, workers: int, *, keep_mean: bool = True
+) -> npt.NDArray[np.complex64]:
+    """The ``rfft2`` half spectrum of a ``new_box`` grid, cropped from that of ``imgs``
+    (scaled so that its inverse keeps the images' mean, with ``keep_mean``).
+
+    Only the kept columns of the row transform go through the column transform.
+    """
     box = imgs.shape[-1]
-    spec = sfft.rfft2(imgs, workers=workers)
     half = new_box // 2
-    cropped = np.concatenate(
-        [spec[:, :half, : half + 1], spec[:, box - half :, : half + 1]], axis=1
-    )
-    cropped *= np.float32((new_box / box) ** 2)
+    rows = sfft.rfft(imgs, axis=-1, workers=workers)[:, :, : half + 1]
+    cols = sfft.fft(rows, axis=-2, workers=workers, overwrite_x=True)
+    cropped = np.concatenate([cols[:, :half], cols[:, box - half :]], axis=1)
+    if keep_mean:
+        cropped *= np.float32((new_box / box) ** 2)
     # The first and last columns of a half spectrum must be Hermitian along ky, as
     # rfft2 of a real image gives them: make them so, as irfft2 followed by rfft2 would.
     for col in (0, half):
         values = cropped[:, :, col]
         mirrored = np.roll(values[:, ::-1], 1, axis=1)  # value at -ky
         cropped[:, :, col] = 0.5 * (values + mirrored.conj())
-    return cropped
+    return np.asarray(cropped, dtype=np.complex64)
 
 
 def radial_distance(box_size: int) -> npt.NDArray[np.float64]:
@@ -156,13 +164,17 @@ def normalize(
     imgs = as_image_batch(images)
     n, box = imgs.shape[0], imgs.shape[-1]
     radius = 0.4 * box if background_radius is None else background_radius
-    vals = imgs.reshape(n, -1).take(_background_pixels(box, radius), axis=1)
-    mean = vals.mean(axis=1, dtype=np.float64)
-    vals -= mean[:, None].astype(np.float32)
-    std = np.sqrt(np.einsum("ij,ij->i", vals, vals, dtype=np.float64) / vals.shape[1])
-    std[~(std > 1e-12)] = 1.0
-    out = np.subtract(imgs, mean[:, None, None].astype(np.float32), out=out)
-    out *= (1.0 / std)[:, None, None].astype(np.float32)
+    background = _background_pixels(box, radius)
+    out = np.empty_like(imgs) if out is None else out
+    for start in range(0, n, _CHUNK):  # chunks that stay in cache between the passes
+        chunk = imgs[start : start + _CHUNK]
+        vals = chunk.reshape(chunk.shape[0], -1).take(background, axis=1)
+        mean = vals.mean(axis=1)  # float32, pairwise summation
+        vals -= mean[:, None]
+        std = np.sqrt(np.einsum("ij,ij->i", vals, vals) / vals.shape[1])
+        std[~(std > 1e-12)] = 1.0
+        dest = np.subtract(chunk, mean[:, None, None], out=out[start : start + _CHUNK])
+        dest *= (1.0 / std)[:, None, None]
     return out
 
 
@@ -201,17 +213,21 @@ def prepare_images(
         Pixel size after cropping.
     """
     imgs = as_image_batch(images)
-    size = imgs.shape[-1]
+    n, size = imgs.shape[0], imgs.shape[-1]
     apix = pixel_size_angstrom
+    if ctf is not None and len(ctf) != n:
+        raise ValueError(f"{len(ctf)} CTF entries for {n} images")
     if size > box:
         apix = pixel_size_angstrom * size / box
-        spec = _cropped_spectrum(imgs, box, workers)
-        if ctf is not None:
-            if len(ctf) != imgs.shape[0]:
-                raise ValueError(f"{len(ctf)} CTF entries for {imgs.shape[0]} images")
-            spec *= ctf_sign(ctf, box, apix)
-        prepared = sfft.irfft2(spec, s=(box, box), workers=workers, overwrite_x=True)
-        return normalize(prepared, out=prepared), apix
+        out = np.empty((n, box, box), dtype=np.float32)
+        for start in range(0, n, _CHUNK):  # chunks that stay in cache between the steps
+            # no mean-preserving scale: the normalisation removes it anyway
+            spec = _cropped_spectrum(imgs[start : start + _CHUNK], box, workers, keep_mean=False)
+            if ctf is not None:
+                spec *= ctf_sign(ctf.subset(np.arange(start, start + len(spec))), box, apix)
+            chunk = sfft.irfft2(spec, s=(box, box), workers=workers, overwrite_x=True)
+            normalize(chunk, out=out[start : start + _CHUNK])
+        return out, apix
     if size % 2:
         imgs = imgs[:, :-1, :-1]  # FFT-based steps want an even box
     if ctf is not None:

@@ -37,7 +37,6 @@ __all__ = [
     "padded_half_spectrum",
     "rfft_multiplicity",
     "spectrum_settings",
-    "support_size",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -217,7 +216,7 @@ def _mask_arrays(box_size: int, radius_px: float, width_px: float) -> tuple[slic
     return support, mask, background
 
 
-def masked(batch: npt.NDArray[Any], settings: SpectrumSettings, *, out: F32 | None = None) -> F32:
+def masked(batch: npt.NDArray[Any], settings: SpectrumSettings) -> F32:
     """The batch in float32, background-levelled and masked when the settings ask.
 
     Before masking, the mean of the pixels outside the mask's flat part is
@@ -231,34 +230,40 @@ def masked(batch: npt.NDArray[Any], settings: SpectrumSettings, *, out: F32 | No
     batch : ndarray, shape (n, L, L)
         Real images; not modified.
     settings : SpectrumSettings
-    out : ndarray, shape (n, S, S), float32, optional
-        Where to write the result (may be a view, e.g. into a zero-padded buffer).
 
     Returns
     -------
-    ndarray, shape (n, S, S), float32
+    ndarray, shape (n, S, S), float32, C-contiguous
         ``S = L`` without a mask, the mask's support otherwise.
     """
     if settings.mask_radius_px is None:
-        if out is None:
-            return np.asarray(batch, dtype=np.float32)
-        out[...] = batch
-        return out
+        return np.ascontiguousarray(batch, dtype=np.float32)
     support, mask, background = _mask_arrays(
         settings.box_size, settings.mask_radius_px, settings.mask_width_px
     )
     level = np.asarray(batch.reshape(batch.shape[0], -1) @ background, dtype=np.float32)
-    out = np.subtract(batch[:, support, support], level[:, None, None], out=out, dtype=np.float32)
-    out *= mask
+    out = np.ascontiguousarray(batch[:, support, support], dtype=np.float32)
+    flat = out.reshape(out.shape[0], -1)  # long contiguous loops: several times faster
+    flat -= level[:, None]
+    flat *= mask.reshape(-1)
     return out
 
 
-def support_size(settings: SpectrumSettings) -> int:
-    """Side ``S`` of the square that :func:`masked` returns."""
-    if settings.mask_radius_px is None:
-        return settings.box_size
-    support = _mask_arrays(settings.box_size, settings.mask_radius_px, settings.mask_width_px)[0]
-    return int(support.stop - support.start)
+#: Largest side of the masked image whose zero-padded row transform is a matrix
+#: product rather than an FFT (faster for small boxes: benchmarks/features_speed.py).
+_ROW_DFT_MAX = 96
+
+
+@functools.lru_cache(maxsize=8)
+def _row_dft(side: int, size: int) -> F32:
+    """The real DFT of ``side`` samples zero-padded to ``size``, as a (side, 2 * (size // 2 + 1))
+    matrix whose columns alternate real and imaginary parts (a complex64 view)."""
+    angle = -2.0 * np.pi * np.outer(np.arange(side), np.arange(size // 2 + 1)) / size
+    out = np.empty((side, 2 * (size // 2 + 1)), dtype=np.float32)
+    out[:, 0::2] = np.cos(angle)
+    out[:, 1::2] = np.sin(angle)
+    out.setflags(write=False)
+    return out
 
 
 def padded_half_spectrum(
@@ -267,7 +272,9 @@ def padded_half_spectrum(
     """``rfft2`` of the masked batch zero-padded to ``N x N``.
 
     Up to a phase factor per frequency (the masked image is cut to the mask's
-    support), so only ``|.|`` is meaningful.
+    support), so only ``|.|`` is meaningful. The image's rows are transformed first
+    (by a matrix product for small boxes, else an FFT) straight into the zero-padded
+    buffer, then its columns by an FFT.
 
     Parameters
     ----------
@@ -280,14 +287,15 @@ def padded_half_spectrum(
     -------
     ndarray, shape (n, N, N // 2 + 1), complex64
     """
-    size, side = settings.fft_size, support_size(settings)
-    padded = np.zeros((batch.shape[0], side, size), dtype=np.float32)
-    masked(batch, settings, out=padded[:, :, :side])
-    # The padded rows are zero: transform the image's rows first, then the columns.
-    rows = sfft.rfft(padded, axis=-1, workers=workers, overwrite_x=True)
-    return np.asarray(
-        sfft.fft(rows, n=size, axis=-2, workers=workers, overwrite_x=True), dtype=np.complex64
-    )
+    g = masked(batch, settings)
+    n, side, size = g.shape[0], g.shape[-1], settings.fft_size
+    out = np.empty((n, size, size // 2 + 1), dtype=np.complex64)
+    out[:, side:] = 0
+    if side <= _ROW_DFT_MAX:
+        np.matmul(g, _row_dft(side, size), out=out.view(np.float32)[:, :side])
+    else:
+        out[:, :side] = sfft.rfft(g, n=size, axis=-1, workers=workers)
+    return np.asarray(sfft.fft(out, axis=-2, workers=workers, overwrite_x=True), np.complex64)
 
 
 def amplitude(coeffs: npt.NDArray[np.complexfloating], spectrum: str) -> F32:

@@ -362,11 +362,9 @@ class FoldedSpectrumOperator:
     indices : ndarray, shape (4 * G,), int64
         Flat indices into the ``(N, N // 2 + 1)`` half grid of the values to gather,
         in four blocks of ``G`` orbits: the values at ``k``, ``Rk``, ``Mk``, ``RMk``.
-    frequencies : ndarray, shape (4 * G, 2), float64
-        ``(ky, kx)`` of the gathered values, cycles/pixel.
-    norm_weights : ndarray, shape (G,), float32
-        Per orbit, the weight of each of its four values in the squared L2 norm
-        over the full frequency plane (see :meth:`project`).
+    norm_weights : ndarray, shape (4 * G,), float32
+        The weight of each gathered value in the squared L2 norm over the full
+        frequency plane (see :meth:`project`).
     matrices : tuple of 4 ndarrays, float32
         The real operators, shape (c_i, G), of the four sums and differences.
     columns : tuple of 4 ndarrays of int64
@@ -376,7 +374,6 @@ class FoldedSpectrumOperator:
     """
 
     indices: npt.NDArray[np.int64]
-    frequencies: F64
     norm_weights: npt.NDArray[np.float32]
     matrices: tuple[npt.NDArray[np.float32], ...]
     columns: tuple[npt.NDArray[np.int64], ...]
@@ -408,9 +405,7 @@ class FoldedSpectrumOperator:
         out = np.zeros((2 * self.n_moments, values.shape[1]), dtype=np.float32)
         for part, matrix, rows in zip(sums, self.matrices, self.columns, strict=True):
             out[rows] = matrix @ part.reshape(g, -1)
-        # the Hadamard rows are orthogonal with norm 2: sum_i A_i**2 = sum_i sums_i**2 / 4
-        np.square(sums, out=sums)
-        squared = (self.norm_weights / 4) @ sums.reshape(4, g, -1).sum(axis=0)
+        squared = self.norm_weights @ np.square(values)
         return out, squared
 
 
@@ -478,9 +473,6 @@ def folded_spectrum_operator(
     folded = coeffs[reps] * (distinct / 4.0)[:, None]
     self_conjugate = (2 * ky[slots] % size == 0) & (2 * kx[slots] % size == 0)
     norm_w = np.where(self_conjugate, 1.0, 2.0) * w.ravel()[slots] ** 2 / repeats
-    # the four values of an orbit weigh the same in the norm (checked: needed by project)
-    if not np.allclose(norm_w, norm_w[:1], rtol=1e-6, atol=0):
-        raise AssertionError("orbit norm weights differ")  # pragma: no cover
     sign = np.where(zernike_indices(n_max)[:, 1] % 4 == 0, 1, -1)
     m_nonzero = zernike_indices(n_max)[:, 1] > 0
     n_mom = sign.size
@@ -492,16 +484,14 @@ def folded_spectrum_operator(
     columns = tuple(
         np.flatnonzero(pick) + (n_mom if part % 2 else 0) for part, pick in enumerate(picks)
     )
-    freqs = np.stack([ky[slots.ravel()], kx[slots.ravel()]], axis=1) / size
     result = FoldedSpectrumOperator(
         slots.ravel().astype(np.int64),
-        freqs.astype(np.float64),
-        norm_w[0].astype(np.float32),
+        norm_w.ravel().astype(np.float32),
         matrices,
         columns,
         n_mom,
     )
-    frozen: list[npt.NDArray[Any]] = [result.indices, result.frequencies, result.norm_weights]
+    frozen: list[npt.NDArray[Any]] = [result.indices, result.norm_weights]
     for arr in [*frozen, *matrices, *columns]:
         arr.setflags(write=False)
     return result
