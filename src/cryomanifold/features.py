@@ -16,11 +16,11 @@ On top of the paper's recipe, the defaults add a soft circular real-space mask
 of the spectrum beyond Nyquist (they are not rotation-covariant), and two fixes
 of the discretisation: zero-padding before the FFT (``T`` is about twice the
 particle's size and otherwise wraps around the box) and a soft edge on the
-Zernike disk. On synthetic particles spanning 0.6 of the box these lower the
-rotation-invariance error of ``|a_nm|`` from ~5e-3 to ~8e-4 (relative feature
-distance; 3e-4 with ``pad_factor=2`` at twice the cost, see
-``benchmarks/features_speed.py``). :data:`PAPER_SETTINGS` switches every addition
-off.
+Zernike disk. On noise-free projections of T20S and rubisco turned in plane they
+lower the rotation-invariance error of ``|a_nm|`` (median relative change) from
+3.6% to 1.5% (0.9% with ``pad_factor=2``, at 1.75x the cost; views differ by
+~16%); see ``benchmarks/features_speed.py`` for the default ``sqrt`` features.
+:data:`PAPER_SETTINGS` switches every addition off.
 
 Invariances, with their limits:
 

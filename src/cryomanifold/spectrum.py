@@ -351,12 +351,16 @@ def amplitude_transform(
         Zero-pad the image to ``N = round(pad_factor * L)`` before the FFT; ``T`` is
         then computed on ``N`` and cropped back to ``L``. ``T`` reaches beyond
         ``L / 2`` (an autocorrelation-like function extends to twice the particle
-        radius), and without padding it wraps around the box, which is not
-        rotation-covariant. With the default mask (0 beyond 0.45 L) the
-        autocorrelation of the masked image ends at 0.9 L, so from ``N = 1.4 L`` on
-        nothing wraps into the disk of radius ``L / 2`` that the moments use: 1.5
-        (the default) gives the rotation-invariance error of 2 at 0.5 times the cost
-        (see ``benchmarks/features_speed.py``); 1 is the paper.
+        radius), and what lies beyond ``N / 2`` wraps around, which is not
+        rotation-covariant. For the power spectrum (an autocorrelation, 0 beyond
+        0.9 L with the default mask) nothing wraps into the moments' disk from
+        ``N = 1.4 L`` on; ``T`` of the amplitude spectrum has long tails, and its
+        error keeps falling with padding. Measured on noise-free projections of
+        T20S and rubisco turned in plane (median relative feature change): 7.7%
+        at 1 (the paper), 3.2% at 1.5 (the default), 1.6% at 2, 0.6% at 3, against
+        18% between views; at 2 the features cost 1.75x as much. On noisy simulated
+        particles the 10-NN species and view scores of 1.5 and 2 agree within
+        0.007 (``benchmarks/features_speed.py``).
     workers : int
         Threads for scipy.fft (-1: all cores).
 
