@@ -65,6 +65,19 @@ def test_fast_ctf_matches_the_textbook_formula(box: int, pixel: float) -> None:
         np.testing.assert_allclose(got, _textbook(p, kx, ky), rtol=0, atol=2e-4)
 
 
+@pytest.mark.parametrize("bfactors", [[0.0] * 6, [40.0] * 6, [0.0, 40.0, 0.0, 80.0, 40.0, 0.0]])
+def test_evaluator_matches_with_shared_b_factors(bfactors: list[float]) -> None:
+    """The envelope is computed once per distinct B-factor, in either layout."""
+    p = _params(6, seed=5, bfactor_angstrom2=np.array(bfactors))  # type: ignore[arg-type]
+    kx, ky = frequency_grid(24, 1.5, rfft=True)
+    expected = _textbook(p, kx, ky)
+    evaluate = CTFEvaluator(kx, ky)
+    np.testing.assert_allclose(evaluate(p), expected, atol=2e-4)
+    np.testing.assert_allclose(
+        evaluate(p, frequencies_first=True), np.moveaxis(expected, 0, -1), atol=2e-4
+    )
+
+
 def test_ctf_at_zero_frequency_is_the_amplitude_contrast() -> None:
     p = _params(5, phase_shift_deg=0.0)
     np.testing.assert_allclose(ctf_at(p, 0.0, 0.0), p.amplitude_contrast, atol=1e-6)
@@ -77,6 +90,7 @@ def test_evaluator_layouts_and_shared_parameters() -> None:
     values = evaluate(p)
     assert values.shape == (6, 7, 5)
     assert evaluate.shape == (7, 5) and evaluate.size == 35
+    np.testing.assert_array_equal(evaluate(p, frequencies_first=True), np.moveaxis(values, 0, -1))
     np.testing.assert_array_equal(ctf_at(p, kx, ky), values)
     # particles sharing a micrograph: ctf_2d evaluates each distinct CTF once, same values
     repeated = p.subset([3, 0, 3, 3, 5, 0])

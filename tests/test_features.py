@@ -383,7 +383,7 @@ def test_ctf_division_matches_the_explicit_computation(power: bool) -> None:
     from micrographs, interleaved) and the batch size, the features equal |FFT| divided
     by max(|CTF|, floor) on the padded grid, pushed through the plain operator."""
     rng = np.random.default_rng(14)
-    n = 12
+    n = 48  # shared CTFs (at most n / 8 distinct) take the table path, the others their own
     imgs = rng.normal(size=(n, 32, 32)).astype(np.float32) + _particle(3, box=32)
     distinct = CTFParams(
         rng.uniform(8e3, 3e4, n), rng.uniform(8e3, 3e4, n), rng.uniform(0, 180, n),
@@ -391,8 +391,9 @@ def test_ctf_division_matches_the_explicit_computation(power: bool) -> None:
     )  # fmt: skip
     patterns = {
         "per particle": np.arange(n),
-        "micrographs": np.repeat([4, 1, 7], 4),
-        "interleaved": np.tile([2, 9], n // 2),
+        "micrographs": np.repeat([4, 1, 7], n // 3),  # runs: divided run by run
+        "interleaved": np.tile([2, 9], n // 2),  # shared but no runs
+        "few particles each": np.repeat(np.arange(8), n // 8),
     }
     spectrum = "power" if power else "amplitude"
     for name, rows in patterns.items():

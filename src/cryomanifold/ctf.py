@@ -178,14 +178,19 @@ class CTFEvaluator:
         self.shape = np.broadcast_shapes(kx64.shape, ky64.shape)
         self.size = int(np.prod(self.shape))
         kx64, ky64 = (np.broadcast_to(a, self.shape).ravel() for a in (kx64, ky64))
-        self._k2 = kx64**2 + ky64**2
+        k2 = kx64**2 + ky64**2
+        self._k2 = k2.astype(np.float32)
         two_a = 2.0 * np.arctan2(ky64, kx64)
-        k2 = self._k2
         terms = [k2, k2 * np.cos(two_a), k2 * np.sin(two_a), k2**2, np.ones_like(k2)]
         self._terms = np.stack(terms).astype(np.float32)
 
-    def __call__(self, params: CTFParams) -> npt.NDArray[np.float32]:
-        """``sin(chi)`` times the B-factor envelope, shape (n, *shape), float32, in [-1, 1]."""
+    def __call__(
+        self, params: CTFParams, *, frequencies_first: bool = False
+    ) -> npt.NDArray[np.float32]:
+        """``sin(chi)`` times the B-factor envelope, float32, in [-1, 1].
+
+        Shape (n, *shape), or (*shape, n) with ``frequencies_first``.
+        """
         lam = electron_wavelength_angstrom(params.voltage_kv)
         du = np.asarray(params.defocus_u_angstrom)
         dv = np.asarray(params.defocus_v_angstrom)
@@ -202,11 +207,26 @@ class CTFEvaluator:
             ],
             axis=1,
         )
-        out = coeffs.astype(np.float32) @ self._terms
+        if frequencies_first:
+            out = self._terms.T @ coeffs.T.astype(np.float32)
+        else:
+            out = coeffs.astype(np.float32) @ self._terms
         np.sin(out, out=out)
         bfac = np.asarray(params.bfactor_angstrom2)
         if np.any(bfac != 0):
-            out *= np.exp(np.multiply.outer(-0.25 * bfac, self._k2)).astype(np.float32)
+            # the envelope exp(-B k^2 / 4), once per distinct B-factor
+            distinct, which = np.unique(bfac, return_inverse=True)
+            if distinct.size == bfac.size:
+                distinct, which = bfac, np.arange(bfac.size)
+            quarter = (-0.25 * distinct).astype(np.float32)
+            if frequencies_first:
+                envelope = np.exp(np.multiply.outer(self._k2, quarter))
+                out *= envelope if distinct is bfac or distinct.size == 1 else envelope[:, which]
+            else:
+                envelope = np.exp(np.multiply.outer(quarter, self._k2))
+                out *= envelope if distinct is bfac or distinct.size == 1 else envelope[which]
+        if frequencies_first:
+            return out.reshape(*self.shape, len(params))
         return out.reshape(len(params), *self.shape)
 
 

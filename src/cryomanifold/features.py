@@ -244,8 +244,13 @@ def invariant_features(
             "pixel_size_angstrom is required with ctf",
         )
         _require(0 < ctf_floor <= 1, f"ctf_floor must be in (0, 1]; got {ctf_floor}")
-        evaluate = _ctf_evaluator(spec.fft_size, float(pixel_size_angstrom or 1.0))
-        correction = _CTFCorrection(ctf, evaluate, ctf_floor, power=spectrum == "power")
+        correction = _CTFCorrection(
+            ctf,
+            _ctf_evaluator(spec.fft_size, float(pixel_size_angstrom or 1.0), None),
+            _ctf_evaluator(spec.fft_size, float(pixel_size_angstrom or 1.0), op),
+            ctf_floor,
+            power=spectrum == "power",
+        )
     n_mom = op.n_moments
     out = np.empty((arr.shape[0], n_mom), dtype=np.float32)
     starts = range(0, arr.shape[0], int(batch_size))
@@ -255,9 +260,11 @@ def invariant_features(
         if spectrum == "power":
             np.square(amp, out=amp)
         if correction is not None:
-            correction.apply(amp, start, start + batch.shape[0])
+            correction.apply_shared(amp, start, start + batch.shape[0])
         # frequencies first: the gathered blocks are contiguous (see project)
         amp = amp.T.take(op.indices, axis=0)
+        if correction is not None:
+            correction.apply_own(amp, start, start + batch.shape[0])
         prod, squared_norm = op.project(amp)
         feats = np.hypot(prod[:n_mom], prod[n_mom:]).T
         if spectrum_norm == "l2":
@@ -297,42 +304,57 @@ def _operator(
 
 
 @functools.lru_cache(maxsize=16)
-def _ctf_evaluator(fft_size: int, pixel_size_angstrom: float) -> CTFEvaluator:
-    """The CTF on the ``rfft2`` half grid of the padded size (cached: ~0.2 ms to build)."""
+def _ctf_evaluator(
+    fft_size: int, pixel_size_angstrom: float, op: FoldedSpectrumOperator | None
+) -> CTFEvaluator:
+    """The CTF on the ``rfft2`` half grid of the padded size, or at the frequencies that
+    ``op`` gathers from it (cached: ~0.2 ms to build)."""
     ky = sfft.fftfreq(fft_size, d=pixel_size_angstrom)[:, None]
     kx = sfft.rfftfreq(fft_size, d=pixel_size_angstrom)[None, :]
-    return CTFEvaluator(kx, ky)
+    if op is None:
+        return CTFEvaluator(kx, ky)
+    ky, kx = (np.broadcast_to(k, (fft_size, fft_size // 2 + 1)).ravel() for k in (ky, kx))
+    return CTFEvaluator(kx[op.indices], ky[op.indices])
 
 
 class _CTFCorrection:
     """Divides spectra by ``max(|CTF|, floor)`` (squared for the power spectrum).
 
     Particles of one micrograph share a CTF: the distinct CTFs are found once and,
-    when they are few (shared CTFs), their divisors are computed once for the call;
-    otherwise (per-particle CTFs) each batch evaluates its own.
+    when they are few, their divisors on the half grid are computed once per call
+    and applied to runs of particles before the gather (:meth:`apply_shared`).
+    Otherwise (per-particle CTFs) each batch evaluates its CTFs only at the gathered
+    frequencies, after the gather (:meth:`apply_own`).
     """
 
-    #: Largest table of shared divisors kept for a call, bytes (the others are per batch).
+    #: Largest table of shared divisors kept for a call, bytes.
     MAX_TABLE_BYTES = 64 * 2**20
 
     def __init__(
-        self, ctf: CTFParams, evaluate: CTFEvaluator, floor: float, *, power: bool
+        self,
+        ctf: CTFParams,
+        on_grid: CTFEvaluator,
+        gathered: CTFEvaluator,
+        floor: float,
+        *,
+        power: bool,
     ) -> None:
-        self.evaluate = evaluate
+        self.gathered = gathered
         self.unique, self.inverse = ctf.unique()
         self.floor = np.float32(floor)
         self.power = power
         shared = len(self.unique) <= max(1, len(ctf) // 8)
-        small = len(self.unique) * evaluate.size * 4 <= self.MAX_TABLE_BYTES
-        self.table = self._divisor(self.unique) if shared and small else None
+        small = len(self.unique) * on_grid.size * 4 <= self.MAX_TABLE_BYTES
+        self.table = None
+        if shared and small:
+            self.table = self._divisor(on_grid(self.unique).reshape(len(self.unique), -1))
 
-    def apply(self, amp: F32, start: int, stop: int) -> None:
+    def apply_shared(self, amp: F32, start: int, stop: int) -> None:
         """Divide the half spectra ``amp``, shape (stop - start, N * (N // 2 + 1)), of
-        particles ``start:stop`` in place."""
-        inverse = self.inverse[start:stop]
+        particles ``start:stop`` in place, if their CTFs are shared (else do nothing)."""
         if self.table is None:
-            amp /= self._divisor(self.unique.subset(inverse))
             return
+        inverse = self.inverse[start:stop]
         # runs of particles sharing a CTF (one micrograph each, in the usual file order)
         bounds = [0, *(np.flatnonzero(np.diff(inverse)) + 1).tolist(), inverse.size]
         if len(bounds) - 1 > max(1, inverse.size // 4):
@@ -341,9 +363,15 @@ class _CTFCorrection:
         for lo, hi in itertools.pairwise(bounds):
             amp[lo:hi] /= self.table[inverse[lo]]
 
-    def _divisor(self, params: CTFParams) -> F32:
-        """Shape (len(params), N * (N // 2 + 1))."""
-        values = self.evaluate(params).reshape(len(params), -1)
+    def apply_own(self, amp: F32, start: int, stop: int) -> None:
+        """Divide the gathered spectra ``amp``, shape (P, stop - start), of particles
+        ``start:stop`` in place, if their CTFs are not shared (else do nothing)."""
+        if self.table is not None:
+            return
+        params = self.unique.subset(self.inverse[start:stop])
+        amp /= self._divisor(self.gathered(params, frequencies_first=True))
+
+    def _divisor(self, values: F32) -> F32:
         np.abs(values, out=values)
         np.maximum(values, self.floor, out=values)
         if self.power:
