@@ -109,9 +109,10 @@ PARAMETERS = [
     ],
     ["`PEAK_SIGMA_LIMIT`", "50 robust SD", "physics: Gaussian noise never gets there"],
     [
-        "feature outlier",
-        "10 neighbours, PCA 95%",
-        "the pipeline's PCA setting and the quality benchmark's k; deterministic",
+        "distance from the main manifold",
+        "mean distance to the 15 nearest of the map's reference points (PCA 95%)",
+        "the map's own neighbourhood (UMAP's n_neighbors) in its PCA space; deterministic, "
+        "O(N x reference) at any scale",
     ],
     [
         "half-set band",

@@ -14,13 +14,15 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cryomanifold.ctf import CTFParams, ctf_2d
 from cryomanifold.features import (
     PAPER_SETTINGS,
     InvariantFeaturizer,
     amplitude_transform,
     invariant_features,
 )
-from cryomanifold.zernike import zernike_indices, zernike_moments
+from cryomanifold.spectrum import band_weights, masked, rfft_multiplicity, spectrum_settings
+from cryomanifold.zernike import even_spectrum_operator, zernike_indices, zernike_moments
 
 PROPERTY = settings(deadline=None, max_examples=20, derandomize=True)
 BOX = 64
@@ -134,13 +136,15 @@ def test_shift_of_centred_particle_with_default_mask(dy: int, dx: int, seed: int
 @given(angle=st.floats(0, 360), seed=st.integers(0, 2**16))
 def test_rotation_invariance(angle: float, seed: int) -> None:
     """In-plane rotation by any angle (cubic-spline interpolation about the array
-    centre, which adds a sub-pixel shift). Measured worst case 2.5e-3: the cubic
-    interpolation error on blobs of width >= 1.5 px plus the residual wrap-around
-    of T with pad_factor=2; the tolerance is 3x that and far below view distances
-    (see test_views_are_far_apart_compared_to_invariance_error)."""
+    centre, which adds a sub-pixel shift). Measured over 200 random particles and
+    angles: median 3e-3, worst 1.4e-2 (with pad_factor=2: 2.2e-3 and 7.8e-3): the
+    cubic interpolation error on blobs of width >= 1.5 px plus the residual
+    wrap-around of T. The tolerance is 2x the worst and far below the distances
+    between views (0.06 for a 20-degree tilt, see
+    test_views_are_far_apart_compared_to_invariance_error)."""
     img = _particle(seed)
     rotated = ndimage.rotate(img, angle, reshape=False, order=3)
-    assert _rel(invariant_features(rotated), invariant_features(img)) < 1e-2
+    assert _rel(invariant_features(rotated), invariant_features(img)) < 3e-2
 
 
 @pytest.mark.parametrize("axis", [0, 1])
@@ -156,12 +160,13 @@ def test_mirror_images_are_not_distinguished(axis: int) -> None:
 
 
 def test_padding_and_taper_reduce_rotation_error() -> None:
-    """The defaults (pad_factor=2, disk_taper=0.1) beat the paper's discretisation.
+    """The defaults (pad_factor=1.5, disk_taper=0.1) beat the paper's discretisation.
 
     Rotations are rendered analytically, so the error is the method's own: T
     wrapping around the box (padding) and the jagged disk edge (taper). The
     particle spans ~0.6 of the box, as in a typical particle box, so T (about twice
-    the particle's size) does not fit in the box without padding."""
+    the particle's size) does not fit in the box without padding. Measured: paper
+    4.9e-3, default 8.3e-4, pad_factor=2 2.9e-4, no padding 4.8e-3."""
     img = _particle(11, extent=14)
     angles = np.deg2rad([17.0, 45.0, 133.0, 250.0])
     rotated = np.stack([_particle(11, alpha=a, extent=14) for a in angles])
@@ -172,23 +177,27 @@ def test_padding_and_taper_reduce_rotation_error() -> None:
 
     # like for like: the same feature transform as the paper (plain |a_nm|)
     paper, default = worst(**PAPER_SETTINGS), worst(feature_norm=None)
-    assert default < paper / 5  # measured ~3e-3 vs ~4e-2
-    assert worst(pad_factor=1, feature_norm=None) > 2 * default
+    assert default < paper / 4
+    assert worst(pad_factor=1, feature_norm=None) > 4 * default
+    assert worst(pad_factor=2, feature_norm=None) < default / 2
 
 
 def test_views_are_far_apart_compared_to_invariance_error() -> None:
-    """Distances between views of one 3D object exceed 10x the invariance error."""
+    """Distances between views of one 3D object exceed 5x the invariance error.
+
+    Measured: invariance error 1.03e-2 (3.2e-3 with pad_factor=2), distances 0.064
+    for a 20-degree tilt and 0.24-0.31 for 90 degrees."""
     view_a = _projection(np.eye(3))
     f_a = invariant_features(view_a)[0]
     moved = [ndimage.rotate(view_a, angle, reshape=False, order=3) for angle in (17, 133, 250)]
     moved += [np.roll(view_a, s, axis=(0, 1)) for s in ((2, -1), (0, 3))]
     moved += [np.flip(view_a, 0)]
     error = max(_rel(f, f_a) for f in invariant_features(np.stack(moved)))
-    assert error < 1e-2
+    assert error < 1.5e-2
     for axis, tilt in (("x", 90), ("y", 90), ("y", 20)):
         rot = Rotation.from_euler(axis, tilt, degrees=True).as_matrix()
         distance = _rel(invariant_features(_projection(rot))[0], f_a)
-        assert distance > 10 * error, (axis, tilt, distance, error)
+        assert distance > 5 * error, (axis, tilt, distance, error)
 
 
 @pytest.mark.parametrize(
@@ -351,3 +360,51 @@ def test_featurizer_follows_the_estimator_contract() -> None:
     pipe = make_pipeline(InvariantFeaturizer(n_max=6), StandardScaler())
     assert pipe.fit_transform(imgs.reshape(6, -1)).shape == (6, 10)
     assert est.set_params(n_max=4).fit(imgs).transform(imgs).shape == (6, 6)
+
+
+def _explicit_ctf_features(
+    imgs: np.ndarray, ctf: CTFParams, pixel: float, floor: float, power: bool
+) -> np.ndarray:
+    """|a_nm| / ||A|| of A = |FFT| / max(|CTF|, floor), written out on the full padded grid
+    in float64 (the CTF from ctf_2d on that grid)."""
+    spec = spectrum_settings(imgs.shape[-1])
+    size = spec.fft_size
+    amp = np.abs(np.fft.rfft2(masked(imgs, spec).astype(np.float64), s=(size, size)))
+    divisor = np.maximum(np.abs(ctf_2d(ctf, size, pixel)).astype(np.float64), floor)
+    amp = (amp / divisor) ** (2 if power else 1) * band_weights(size, spec.band, spec.band_edge)
+    op = even_spectrum_operator(imgs.shape[-1], 20, fft_size=size, disk_taper=0.1)
+    norm = np.sqrt(np.einsum("nij,j->n", amp**2, rfft_multiplicity(size)))
+    return np.abs(np.tensordot(amp, op, axes=2)) / norm[:, None]
+
+
+@pytest.mark.parametrize("power", [False, True])
+def test_ctf_division_matches_the_explicit_computation(power: bool) -> None:
+    """Whatever the pattern of CTFs in a batch (all different, runs of shared ones as
+    from micrographs, interleaved) and the batch size, the features equal |FFT| divided
+    by max(|CTF|, floor) on the padded grid, pushed through the plain operator."""
+    rng = np.random.default_rng(14)
+    n = 48  # shared CTFs (at most n / 8 distinct) take the table path, the others their own
+    imgs = rng.normal(size=(n, 32, 32)).astype(np.float32) + _particle(3, box=32)
+    distinct = CTFParams(
+        rng.uniform(8e3, 3e4, n), rng.uniform(8e3, 3e4, n), rng.uniform(0, 180, n),
+        300.0, 2.7, 0.1, 0.0, rng.uniform(0, 50, n),
+    )  # fmt: skip
+    patterns = {
+        "per particle": np.arange(n),
+        "micrographs": np.repeat([4, 1, 7], n // 3),  # runs: divided run by run
+        "interleaved": np.tile([2, 9], n // 2),  # shared but no runs
+        "few particles each": np.repeat(np.arange(8), n // 8),
+    }
+    spectrum = "power" if power else "amplitude"
+    for name, rows in patterns.items():
+        ctf = distinct.subset(rows)
+        expected = _explicit_ctf_features(imgs, ctf, 2.5, 0.3, power)
+        for batch in (5, 64):
+            got = invariant_features(
+                imgs, ctf=ctf, pixel_size_angstrom=2.5, feature_norm=None, spectrum=spectrum,
+                batch_size=batch,
+            )  # fmt: skip
+            np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5, err_msg=name)
+    # the CTF matters: without it the features differ
+    plain = invariant_features(imgs, feature_norm=None, spectrum=spectrum)
+    assert _rel(plain, expected) > 0.01

@@ -259,3 +259,42 @@ def test_even_spectrum_operator_skips_the_inverse_fft(
     )
     with pytest.raises(ValueError, match="fft_size"):
         even_spectrum_operator(box, 8, fft_size=box - 1)
+
+
+@pytest.mark.parametrize(
+    ("box", "fft_size", "band", "n_max"),
+    [
+        (16, 16, (0.0, 1.0), 8),  # the default band: DC and corners out
+        (16, 16, None, 8),  # DC and the Nyquist row/column in: degenerate orbits
+        (15, 23, (0.1, 0.7), 8),  # odd sizes
+        (16, 17, None, 6),
+        (32, 48, (0.0, 1.0), 12),
+    ],
+)
+def test_folded_operator_equals_the_plain_one(
+    box: int, fft_size: int, band: tuple[float, float] | None, n_max: int
+) -> None:
+    """Folding by the grid's rotation and transposition symmetry changes nothing but
+    the cost: moments and the band's squared norm equal the plain computation."""
+    from cryomanifold.spectrum import band_weights, rfft_multiplicity
+    from cryomanifold.zernike import folded_spectrum_operator
+
+    rng = np.random.default_rng(8)
+    amp = np.abs(np.fft.rfft2(rng.normal(size=(3, fft_size, fft_size))))  # real and even
+    weights = band_weights(fft_size, band, 0.05)
+    plain = even_spectrum_operator(box, n_max, fft_size=fft_size, disk_taper=0.1)
+    expected = np.tensordot(amp * weights, plain, axes=2)
+    folded = folded_spectrum_operator(
+        box, n_max, fft_size=fft_size, weights=weights, disk_taper=0.1
+    )
+    n_orbits = folded.indices.size // 4
+    assert n_orbits < np.count_nonzero(weights) / 3  # about a quarter of the band
+    values = amp.reshape(3, -1)[:, folded.indices].T.astype(np.float32)
+    moments, squared_norm = folded.project(np.ascontiguousarray(values))
+    got = moments[: folded.n_moments].T + 1j * moments[folded.n_moments :].T
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * np.abs(expected).max())
+    norm = np.einsum("nij,j->n", (amp * weights) ** 2, rfft_multiplicity(fft_size))
+    np.testing.assert_allclose(squared_norm, norm, rtol=2e-6)
+    assert not folded.indices.flags.writeable
+    with pytest.raises(ValueError, match="weights"):
+        folded_spectrum_operator(box, n_max, fft_size=fft_size, weights=weights[:-1])

@@ -24,8 +24,11 @@ import numpy.typing as npt
 import scipy.fft as sfft
 
 __all__ = [
+    "CTFEvaluator",
     "CTFParams",
     "ctf_2d",
+    "ctf_at",
+    "ctf_sign",
     "electron_wavelength_angstrom",
     "frequency_grid",
     "phase_flip",
@@ -98,6 +101,20 @@ class CTFParams:
     def __len__(self) -> int:
         return int(np.asarray(self.defocus_u_angstrom).shape[0])
 
+    def unique(self) -> tuple[CTFParams, npt.NDArray[np.intp]]:
+        """The distinct parameter sets and, per particle, the index of its set.
+
+        Returns
+        -------
+        unique : CTFParams
+            ``u`` distinct entries (for example one per micrograph).
+        inverse : ndarray of intp, shape (n,)
+            ``self`` equals ``unique.subset(inverse)``.
+        """
+        table = np.stack([np.asarray(getattr(self, f.name)) for f in fields(self)], axis=1)
+        _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
+        return self.subset(first), inverse.reshape(-1)
+
     def subset(self, indices: npt.ArrayLike) -> CTFParams:
         """Parameters of the particles at ``indices`` (any numpy index)."""
         return CTFParams(
@@ -131,10 +148,116 @@ def frequency_grid(
     return kx, ky
 
 
+class CTFEvaluator:
+    """The CTF at fixed spatial frequencies, for any number of parameter sets.
+
+    ``chi`` is linear in five per-particle coefficients times five per-frequency
+    terms (``k**2``, ``k**2 cos 2a``, ``k**2 sin 2a``, ``k**4`` and 1, with ``a``
+    the frequency's angle), so the phases of ``n`` particles come from one small
+    matrix product and the CTF from one float32 ``sin``. The terms are computed
+    once, here. The phase is rounded to float32: absolute error about
+    ``2e-7 * |chi|`` (below 2e-4 up to ``chi = 1000`` rad, i.e. 4 µm defocus at
+    0.8 Å/pixel).
+
+    Parameters
+    ----------
+    kx, ky : array_like, broadcastable to one shape
+        Spatial frequencies along x (columns) and y (rows), 1/Å.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        The frequencies' shape.
+    size : int
+        Their number.
+    """
+
+    def __init__(self, kx: npt.ArrayLike, ky: npt.ArrayLike) -> None:
+        kx64 = np.asarray(kx, dtype=np.float64)
+        ky64 = np.asarray(ky, dtype=np.float64)
+        self.shape = np.broadcast_shapes(kx64.shape, ky64.shape)
+        self.size = int(np.prod(self.shape))
+        kx64, ky64 = (np.broadcast_to(a, self.shape).ravel() for a in (kx64, ky64))
+        k2 = kx64**2 + ky64**2
+        self._k2 = k2.astype(np.float32)
+        two_a = 2.0 * np.arctan2(ky64, kx64)
+        terms = [k2, k2 * np.cos(two_a), k2 * np.sin(two_a), k2**2, np.ones_like(k2)]
+        self._terms = np.stack(terms).astype(np.float32)
+
+    def __call__(
+        self, params: CTFParams, *, frequencies_first: bool = False
+    ) -> npt.NDArray[np.float32]:
+        """``sin(chi)`` times the B-factor envelope, float32, in [-1, 1].
+
+        Shape (n, *shape), or (*shape, n) with ``frequencies_first``.
+        """
+        lam = electron_wavelength_angstrom(params.voltage_kv)
+        du = np.asarray(params.defocus_u_angstrom)
+        dv = np.asarray(params.defocus_v_angstrom)
+        ast = 2.0 * np.deg2rad(np.asarray(params.defocus_angle_deg))
+        amp = np.clip(np.asarray(params.amplitude_contrast), 0.0, 0.999)
+        coeffs = np.stack(
+            [
+                np.pi * lam * 0.5 * (du + dv),
+                np.pi * lam * 0.5 * (du - dv) * np.cos(ast),
+                np.pi * lam * 0.5 * (du - dv) * np.sin(ast),
+                -0.5 * np.pi * np.asarray(params.cs_mm) * 1e7 * lam**3,
+                np.deg2rad(np.asarray(params.phase_shift_deg))
+                + np.arctan(amp / np.sqrt(1.0 - amp**2)),
+            ],
+            axis=1,
+        )
+        if frequencies_first:
+            out = self._terms.T @ coeffs.T.astype(np.float32)
+        else:
+            out = coeffs.astype(np.float32) @ self._terms
+        np.sin(out, out=out)
+        bfac = np.asarray(params.bfactor_angstrom2)
+        if np.any(bfac != 0):
+            # the envelope exp(-B k^2 / 4), once per distinct B-factor
+            distinct, which = np.unique(bfac, return_inverse=True)
+            if distinct.size == bfac.size:
+                distinct, which = bfac, np.arange(bfac.size)
+            quarter = (-0.25 * distinct).astype(np.float32)
+            if frequencies_first:
+                envelope = np.exp(np.multiply.outer(self._k2, quarter))
+                out *= envelope if distinct is bfac or distinct.size == 1 else envelope[:, which]
+            else:
+                envelope = np.exp(np.multiply.outer(quarter, self._k2))
+                out *= envelope if distinct is bfac or distinct.size == 1 else envelope[which]
+        if frequencies_first:
+            return out.reshape(*self.shape, len(params))
+        return out.reshape(len(params), *self.shape)
+
+
+def ctf_at(params: CTFParams, kx: npt.ArrayLike, ky: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Evaluate the CTF of each particle at given spatial frequencies.
+
+    ``CTFEvaluator(kx, ky)(params)``; build a :class:`CTFEvaluator` once to evaluate
+    many batches at the same frequencies.
+
+    Parameters
+    ----------
+    params : CTFParams
+        Parameters of ``n`` particles (see :meth:`CTFParams.unique` to evaluate
+        shared CTFs once).
+    kx, ky : array_like, broadcastable to one shape
+        Spatial frequencies along x (columns) and y (rows), 1/Å.
+
+    Returns
+    -------
+    ndarray, shape (n, *shape), float32
+        ``sin(chi)`` times the B-factor envelope, in [-1, 1].
+    """
+    return CTFEvaluator(kx, ky)(params)
+
+
 def ctf_2d(
     params: CTFParams, box_size: int, pixel_size_angstrom: float, *, rfft: bool = True
 ) -> npt.NDArray[np.float32]:
     """Evaluate the 2-D CTF of each particle on the FFT grid.
+
+    Particles with identical parameters (one micrograph) are evaluated once.
 
     Parameters
     ----------
@@ -153,27 +276,10 @@ def ctf_2d(
         CTF values in [-1, 1] (times the B-factor envelope), un-shifted FFT layout.
     """
     kx, ky = frequency_grid(box_size, pixel_size_angstrom, rfft=rfft)
-    k2 = kx**2 + ky**2
-    angle = np.arctan2(ky, kx)
-    lam = electron_wavelength_angstrom(params.voltage_kv)[:, None, None]
-    du = np.asarray(params.defocus_u_angstrom)[:, None, None]
-    dv = np.asarray(params.defocus_v_angstrom)[:, None, None]
-    ast = np.deg2rad(np.asarray(params.defocus_angle_deg))[:, None, None]
-    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2.0 * (angle[None] - ast))
-    cs = np.asarray(params.cs_mm)[:, None, None] * 1e7
-    amp = np.clip(np.asarray(params.amplitude_contrast), 0.0, 0.999)[:, None, None]
-    phase = np.deg2rad(np.asarray(params.phase_shift_deg))[:, None, None]
-    chi = (
-        np.pi * lam * defocus * k2[None]
-        - 0.5 * np.pi * cs * lam**3 * k2[None] ** 2
-        + phase
-        + np.arctan(amp / np.sqrt(1.0 - amp**2))
-    )
-    ctf = np.sin(chi)
-    bfac = np.asarray(params.bfactor_angstrom2)[:, None, None]
-    if np.any(bfac != 0):
-        ctf = ctf * np.exp(-bfac * k2[None] / 4.0)
-    return ctf.astype(np.float32)
+    unique, inverse = params.unique()
+    if len(unique) == len(params):
+        return ctf_at(params, kx, ky)
+    return ctf_at(unique, kx, ky)[inverse]
 
 
 def phase_flip(
@@ -207,8 +313,31 @@ def phase_flip(
     if len(params) != imgs.shape[0]:
         raise ValueError(f"{len(params)} CTF entries for {imgs.shape[0]} images")
     box = imgs.shape[-1]
-    sign = np.sign(ctf_2d(params, box, pixel_size_angstrom, rfft=True))
-    sign[sign == 0] = 1.0
     spec = sfft.rfft2(imgs, workers=workers)
-    spec *= sign
-    return sfft.irfft2(spec, s=(box, box), workers=workers).astype(np.float32)
+    spec *= ctf_sign(params, box, pixel_size_angstrom)
+    return np.asarray(
+        sfft.irfft2(spec, s=(box, box), workers=workers, overwrite_x=True), dtype=np.float32
+    )
+
+
+def ctf_sign(
+    params: CTFParams, box_size: int, pixel_size_angstrom: float
+) -> npt.NDArray[np.float32]:
+    """The sign of each particle's CTF on the ``rfft2`` half grid (+1 where it is 0).
+
+    Multiplying a particle's half spectrum by it phase-flips the particle.
+
+    Parameters
+    ----------
+    params : CTFParams
+        Parameters of ``n`` particles.
+    box_size : int
+    pixel_size_angstrom : float
+
+    Returns
+    -------
+    ndarray, shape (n, L, L // 2 + 1), float32, values +1 or -1
+    """
+    sign = np.sign(ctf_2d(params, box_size, pixel_size_angstrom, rfft=True))
+    sign[sign == 0] = 1.0
+    return sign

@@ -27,14 +27,20 @@ Only ``n - m`` even gives a polynomial; with ``even_m_only`` ``n`` is even too.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 import scipy.special as sspecial
 
+from cryomanifold.spectrum import rfft_multiplicity
+
 __all__ = [
+    "FoldedSpectrumOperator",
     "even_spectrum_operator",
+    "folded_spectrum_operator",
     "zernike_basis",
     "zernike_indices",
     "zernike_moments",
@@ -266,12 +272,6 @@ def zernike_moments(
     return out
 
 
-def _rfft_multiplicity(fft_size: int) -> F64:
-    """How often each rfft column appears in the full (Hermitian) N x N spectrum."""
-    cols = np.arange(fft_size // 2 + 1)
-    return np.where((cols == 0) | (2 * cols == fft_size), 1.0, 2.0)
-
-
 @functools.lru_cache(maxsize=8)
 def _even_spectrum_cached(
     box_size: int, n_max: int, fft_size: int, radius: float, disk_taper: float
@@ -283,7 +283,7 @@ def _even_spectrum_cached(
     dy = (idx // box_size - box_size // 2) % size
     dx = (idx % box_size - box_size // 2) % size
     out = np.empty((size, size // 2 + 1, basis.shape[0]), dtype=np.complex128)
-    mult = _rfft_multiplicity(size) / (2.0 * size * size)
+    mult = rfft_multiplicity(size) / (2.0 * size * size)
     chunk = max(1, 2**20 // (size * size))
     for start in range(0, basis.shape[0], chunk):
         part = basis[start : start + chunk]
@@ -339,3 +339,159 @@ def even_spectrum_operator(
     return _even_spectrum_cached(
         int(box_size), int(n_max), size, _resolve_radius(box_size, radius), float(disk_taper)
     )
+
+
+#: The sums and differences of the four values of an orbit (rows: the four blocks).
+_HADAMARD = np.array([[1, 1, 1, 1], [1, 1, -1, -1], [1, -1, -1, 1], [1, -1, 1, -1]], np.float32)
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity
+class FoldedSpectrumOperator:
+    """:func:`even_spectrum_operator` restricted to a band and folded by the grid's symmetry.
+
+    The square frequency grid is symmetric under the rotation ``R: (ky, kx) ->
+    (kx, -ky)`` and the transposition ``M: (ky, kx) -> (kx, ky)``; the operator's
+    coefficients follow ``C(R k) = s C(k)`` and ``C(M k) = s conj(C(k))`` with
+    ``s = (-1)**(m / 2)`` (the Zernike basis turns by ``exp(i m pi / 2)``, and an
+    even spectrum does not tell ``k`` from ``-k``). Each orbit ``{±k, ±Rk, ±Mk,
+    ±RMk}`` therefore enters the moments through four sums and differences of its
+    four values, and the moments cost a quarter of the plain matrix product.
+
+    Attributes
+    ----------
+    indices : ndarray, shape (4 * G,), int64
+        Flat indices into the ``(N, N // 2 + 1)`` half grid of the values to gather,
+        in four blocks of ``G`` orbits: the values at ``k``, ``Rk``, ``Mk``, ``RMk``.
+    norm_weights : ndarray, shape (4 * G,), float32
+        The weight of each gathered value in the squared L2 norm over the full
+        frequency plane (see :meth:`project`).
+    matrices : tuple of 4 ndarrays, float32
+        The real operators, shape (c_i, G), of the four sums and differences.
+    columns : tuple of 4 ndarrays of int64
+        Rows of the ``[Re | Im]`` moments, (2M,), that each block fills.
+    n_moments : int
+        ``M``.
+    """
+
+    indices: npt.NDArray[np.int64]
+    norm_weights: npt.NDArray[np.float32]
+    matrices: tuple[npt.NDArray[np.float32], ...]
+    columns: tuple[npt.NDArray[np.int64], ...]
+    n_moments: int
+
+    def project(
+        self, values: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Moments and squared norms of gathered spectra, frequencies first.
+
+        Parameters
+        ----------
+        values : ndarray, shape (4 * G, b), float32
+            The even spectra ``A`` of ``b`` images at :attr:`indices` (for example
+            ``A.reshape(b, -1).T.take(indices, axis=0)``), possibly divided by any
+            even factor already. Frequencies come first so that each block is one
+            contiguous matrix.
+
+        Returns
+        -------
+        moments : ndarray, shape (2M, b), float32
+            ``[Re a | Im a]`` with ``a = tensordot(A * weights,
+            even_spectrum_operator(...), axes=2)``.
+        squared_norm : ndarray, shape (b,), float32
+            Sum of ``(weights * A)**2`` over the full frequency plane.
+        """
+        g = self.indices.size // 4
+        sums = _HADAMARD @ values.reshape(4, -1)  # (4, G * b)
+        out = np.zeros((2 * self.n_moments, values.shape[1]), dtype=np.float32)
+        for part, matrix, rows in zip(sums, self.matrices, self.columns, strict=True):
+            out[rows] = matrix @ part.reshape(g, -1)
+        squared = self.norm_weights @ np.square(values)
+        return out, squared
+
+
+def _half_grid_entry(ky: npt.NDArray[np.int64], kx: npt.NDArray[np.int64], size: int) -> Any:
+    """Smallest flat index of the half-grid entries holding ``k`` or ``-k`` (mod N)."""
+    ky, kx = ky % size, kx % size
+    stored = kx <= size // 2
+    ky = np.where(stored, ky, -ky % size)
+    kx = np.where(stored, kx, -kx % size)
+    index = ky * (size // 2 + 1) + kx
+    # the first and (even N) last columns hold both k and -k
+    edge = (kx == 0) | (2 * kx == size)
+    return np.where(edge, np.minimum(index, (-ky % size) * (size // 2 + 1) + kx), index)
+
+
+def folded_spectrum_operator(
+    box_size: int,
+    n_max: int,
+    *,
+    fft_size: int,
+    weights: npt.ArrayLike,
+    radius: float | None = None,
+    disk_taper: float = 0.0,
+) -> FoldedSpectrumOperator:
+    """:func:`even_spectrum_operator` times ``weights``, folded by the grid's symmetry.
+
+    Parameters
+    ----------
+    box_size, n_max, fft_size, radius, disk_taper
+        As in :func:`even_spectrum_operator`.
+    weights : array_like, shape (N, N // 2 + 1)
+        Non-negative weights on the half grid that depend on ``|k|`` only (a band);
+        frequencies with weight 0 are left out.
+
+    Returns
+    -------
+    FoldedSpectrumOperator
+    """
+    size = int(fft_size)
+    op = even_spectrum_operator(
+        box_size, n_max, fft_size=size, radius=radius, disk_taper=disk_taper
+    ).reshape(size * (size // 2 + 1), -1)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (size, size // 2 + 1) or np.any(w < 0):
+        raise ValueError(f"weights must be >= 0 with shape {(size, size // 2 + 1)}; got {w.shape}")
+    ky = np.repeat(np.rint(sfft.fftfreq(size) * size).astype(np.int64), size // 2 + 1)
+    kx = np.tile(np.arange(size // 2 + 1, dtype=np.int64), size)
+    # pairs {k, -k} of k, Rk, Mk and RMk, named by their smallest half-grid entry
+    pairs = np.stack(
+        [
+            _half_grid_entry(ky, kx, size),
+            _half_grid_entry(kx, -ky, size),
+            _half_grid_entry(kx, ky, size),
+            _half_grid_entry(ky, -kx, size),
+        ]
+    )
+    live = w.ravel() > 0
+    coeffs = np.zeros_like(op)
+    np.add.at(coeffs, pairs[0, live], op[live] * w.ravel()[live, None])
+    entries = np.arange(ky.size)
+    reps = np.flatnonzero(live & (pairs[0] == entries) & (pairs[0] == pairs.min(axis=0)))
+    slots = pairs[:, reps]  # (4, G)
+    repeats = (slots[:, None, :] == slots[None, :, :]).sum(axis=1)  # (4, G)
+    distinct = (1.0 / repeats).sum(axis=0)
+    folded = coeffs[reps] * (distinct / 4.0)[:, None]
+    self_conjugate = (2 * ky[slots] % size == 0) & (2 * kx[slots] % size == 0)
+    norm_w = np.where(self_conjugate, 1.0, 2.0) * w.ravel()[slots] ** 2 / repeats
+    sign = np.where(zernike_indices(n_max)[:, 1] % 4 == 0, 1, -1)
+    m_nonzero = zernike_indices(n_max)[:, 1] > 0
+    n_mom = sign.size
+    picks = (sign > 0, (sign > 0) & m_nonzero, sign < 0, sign < 0)
+    matrices = tuple(
+        np.ascontiguousarray((folded.imag if part % 2 else folded.real)[:, pick].T, np.float32)
+        for part, pick in enumerate(picks)
+    )
+    columns = tuple(
+        np.flatnonzero(pick) + (n_mom if part % 2 else 0) for part, pick in enumerate(picks)
+    )
+    result = FoldedSpectrumOperator(
+        slots.ravel().astype(np.int64),
+        norm_w.ravel().astype(np.float32),
+        matrices,
+        columns,
+        n_mom,
+    )
+    frozen: list[npt.NDArray[Any]] = [result.indices, result.norm_weights]
+    for arr in [*frozen, *matrices, *columns]:
+        arr.setflags(write=False)
+    return result

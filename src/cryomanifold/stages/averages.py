@@ -88,7 +88,11 @@ def _read_prepared(stack: Any, settings: AverageSettings) -> npt.NDArray[np.floa
     for idx, imgs in stack.batches(settings.batch_size):
         ctf = stack.ctf.subset(idx) if settings.phase_flip and stack.ctf is not None else None
         prepared, _ = prepare_images(
-            imgs, box=settings.box, pixel_size_angstrom=settings.pixel_size_angstrom, ctf=ctf
+            imgs,
+            box=settings.box,
+            pixel_size_angstrom=settings.pixel_size_angstrom,
+            ctf=ctf,
+            workers=settings.workers,
         )
         parts.append(prepared)
     return np.concatenate(parts)

@@ -83,13 +83,16 @@ def featurize_chunk(task: FeatureTask, settings: FeatureSettings) -> dict[str, f
     for idx, imgs in stack.batches(settings.batch_size):
         b = bad_images(imgs)
         bad[idx] = b
-        imgs = np.where(b[:, None, None], np.float32(0), np.nan_to_num(imgs))
+        if b.any():  # NaN/inf or constant: features of a blank image, skipped later
+            imgs[b] = 0.0
         prepared, apix = prepare_images(
-            imgs, box=settings.box, pixel_size_angstrom=settings.pixel_size_angstrom
+            imgs,
+            box=settings.box,
+            pixel_size_angstrom=settings.pixel_size_angstrom,
+            workers=settings.workers,
         )
         if settings.particle_diameter_angstrom is not None:
             radius = 0.5 * settings.particle_diameter_angstrom / apix
-        w = settings.workers
         ctf = stack.ctf.subset(idx) if stack.ctf is not None else None
         # junk measures and the contrast feature from one spectrum: edge stripes on the
         # uncropped images (exact copies there), signal presence under each CTF
@@ -99,7 +102,7 @@ def featurize_chunk(task: FeatureTask, settings: FeatureSettings) -> dict[str, f
             radius_px=radius,
             ctf=ctf,
             raw=imgs if imgs.shape[-1] != prepared.shape[-1] else None,
-            workers=w,
+            workers=settings.workers,
         )
         for key, values in signs.items():
             measures.setdefault(key, np.zeros(n, np.float32))[idx] = values
@@ -108,7 +111,7 @@ def featurize_chunk(task: FeatureTask, settings: FeatureSettings) -> dict[str, f
                 prepared,
                 ctf=ctf if settings.ctf_features else None,
                 pixel_size_angstrom=apix,
-                workers=w,
+                workers=settings.workers,
                 **settings.feature_options,
             )
         )

@@ -49,13 +49,31 @@ def fit_sample_rows(
     return np.sort(rng.choice(good, size, replace=False))
 
 
+def resolved_feature_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Every option of :func:`cryomanifold.features.invariant_features` as a run uses it:
+    the defaults of this version with ``options`` over them. Saved in full with the
+    model, so that a later version with other defaults featurises new particles alike."""
+    import inspect
+
+    from cryomanifold.features import invariant_features
+
+    skip = {"images", "ctf", "pixel_size_angstrom", "batch_size", "workers", "progress"}
+    params = inspect.signature(invariant_features).parameters
+    out = {k: p.default for k, p in params.items() if k not in skip and p.kind is p.KEYWORD_ONLY}
+    unknown = set(options) - set(out)
+    if unknown:
+        raise ValueError(f"unknown feature option(s): {', '.join(sorted(unknown))}")
+    out.update(options)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
 def feature_settings(cfg: RunConfig, stack_info: dict[str, Any]) -> dict[str, Any]:
     """What new particles must match to be placed into this map (saved with the model)."""
     return {
         "box": stack_info["box"],
         "pixel_size_angstrom": stack_info["pixel_size_angstrom"],
         "ctf_features": cfg.ctf_features,
-        "feature_options": dict(cfg.feature_options),
+        "feature_options": resolved_feature_options(dict(cfg.feature_options)),
         "contrast_column": cfg.contrast_weight > 0,
         "particle_diameter_angstrom": cfg.particle_diameter_angstrom,
         "n_features": stack_info["n_features"],
