@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["UMAPReference", "fit_umap", "knn", "membership_strengths"]
+__all__ = ["UMAPReference", "fit_umap", "knn", "membership_strengths", "weighted_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,38 @@ def membership_strengths(distances: npt.ArrayLike, *, n_iter: int = 64) -> F32:
     return vals.astype(np.float32)
 
 
+def weighted_positions(
+    indices: npt.NDArray[np.int64], distances: npt.ArrayLike, embedding: F32
+) -> tuple[F32, F32]:
+    """Map positions from neighbours: steps 2-3 of the module docstring.
+
+    Parameters
+    ----------
+    indices : ndarray, shape (n, k)
+        Neighbours' rows of ``embedding``, nearest first.
+    distances : array_like, shape (n, k)
+        Their distances.
+    embedding : ndarray, shape (m, 2)
+
+    Returns
+    -------
+    positions : ndarray, shape (n, 2), float32
+        The membership-weighted mean of the neighbours' positions (a neighbour at
+        distance 0 gives its own position).
+    strengths : ndarray, shape (n, k), float32
+        :func:`membership_strengths` of ``distances``.
+    """
+    vals = membership_strengths(distances)
+    exact = vals >= 1.0
+    w = vals / np.maximum(vals.sum(axis=1, keepdims=True), 1e-30)
+    out = np.einsum("nk,nkd->nd", w, embedding[indices]).astype(np.float32)
+    hit = exact.any(axis=1)
+    if hit.any():
+        first = np.argmax(exact[hit], axis=1)
+        out[hit] = embedding[indices[hit, first]]
+    return out, vals
+
+
 @dataclass(frozen=True)
 class UMAPReference:
     """What it takes to place new points into a fitted 2-D UMAP map.
@@ -264,14 +296,7 @@ class UMAPReference:
         if x.shape[0] == 0:
             return np.empty((0, 2), np.float32)
         idx, dist = knn(x, self.points, self.n_neighbors)
-        vals = membership_strengths(dist)
-        exact = vals >= 1.0
-        w = vals / np.maximum(vals.sum(axis=1, keepdims=True), 1e-30)
-        out = np.einsum("nk,nkd->nd", w, self.embedding[idx]).astype(np.float32)
-        hit = exact.any(axis=1)
-        if hit.any():
-            first = np.argmax(exact[hit], axis=1)
-            out[hit] = self.embedding[idx[hit, first]]
+        out, vals = weighted_positions(idx, dist, self.embedding)
         if epochs > 0:
             out = self._optimise(out, idx, vals, epochs, seed)
         return out

@@ -46,6 +46,7 @@ RUN_OUTPUTS = (
     "run.log",
     "model",
     "stages",
+    "reference_embedding.npy",  # a projection's map, drawn in grey by the atlas
 )
 
 
