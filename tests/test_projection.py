@@ -233,3 +233,41 @@ def test_atlas_refuses_runs_with_other_feature_settings(atlas, tmp_path):
         build_atlas([second, other], tmp_path / "a", progress=False)
     assert cli_main(["atlas", str(second), str(other), "--out", str(tmp_path / "b")]) == 1
     assert not (tmp_path / "b" / "atlas.json").exists()
+
+
+@pytest.mark.browser
+def test_pages_load_in_a_browser(projected, atlas):
+    """The projection's page (map in grey, novel colouring) and the atlas page (dataset
+    colouring and legend) run without errors in headless Chromium (skipped without it)."""
+    import os
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    exe = os.environ.get("CRYOMANIFOLD_CHROMIUM") or shutil.which("chromium")
+    if exe is None:
+        pytest.skip("no chromium found (apt-get install chromium)")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader"]
+    args.append("--enable-unsafe-swiftshader")
+    pages = {projected[1] / "atlas.html": "novel", atlas[1] / "atlas.html": "dataset"}
+    with sync_api.sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=exe, args=args, headless=True)
+        except Exception as exc:  # any launch failure means: no usable browser here
+            pytest.skip(f"chromium did not start: {exc}")
+        for path, colour in pages.items():
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            problems: list[str] = []
+            page.on("console", lambda m, p=problems: p.append(m.text) if m.type == "error" else 0)
+            page.on("pageerror", lambda e, p=problems: p.append(str(e)))
+            page.goto(path.as_uri())
+            page.wait_for_function(
+                "window.cmAtlas && (window.cmAtlas.ready || window.cmAtlas.error)", timeout=60_000
+            )
+            assert page.evaluate("window.cmAtlas.error") is None
+            page.evaluate(f"window.cmAtlas.setColour('{colour}')")
+            page.wait_for_timeout(100)
+            legend = page.inner_text("#cm-legend")
+            if colour == "dataset":
+                assert "old" in legend and "new" in legend, legend
+            assert problems == [], problems
+            page.close()
+        browser.close()

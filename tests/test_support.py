@@ -23,11 +23,13 @@ def test_an_unseen_cluster_is_novel_and_the_known_ones_are_not():
     assert result.params["size"] == 400 and result.threshold > 1
 
 
-def test_few_false_flags_when_nothing_is_new():
+def test_false_flags_follow_the_quantile_when_nothing_is_new():
     rng = np.random.default_rng(2)
     centres = rng.normal(scale=6.0, size=(4, 12))
-    result = novelty_scores(_clusters(centres, 150, rng), _clusters(centres, 300, rng))
-    assert result.novel.mean() < 0.02, result.novel.mean()
+    new, reference = _clusters(centres, 150, rng), _clusters(centres, 300, rng)
+    for quantile in (0.95, 0.99):
+        result = novelty_scores(new, reference, quantile=quantile)
+        assert result.novel.mean() < 1 - quantile + 0.02, (quantile, result.novel.mean())
 
 
 def test_too_few_points_flag_nothing():

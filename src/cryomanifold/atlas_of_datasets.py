@@ -143,7 +143,7 @@ def build_atlas(
     overwrite: bool = False,
     datadir: str | os.PathLike[str] | None = None,
     execution: Execution | None = None,
-    quantile: float = 0.99,
+    quantile: float = 0.95,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fit one map on several runs and project each run into it (an atlas of datasets).

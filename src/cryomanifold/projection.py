@@ -271,7 +271,7 @@ def project(
     overwrite: bool = False,
     datadir: str | os.PathLike[str] | None = None,
     execution: Execution | None = None,
-    quantile: float = 0.99,
+    quantile: float = 0.95,
     **options: Any,
 ) -> ProjectionResult:
     """Place new particles into the map of a finished run and write a run folder.

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--novelty-quantile",
         type=float,
-        default=0.99,
+        default=0.95,
         metavar="Q",
         help="a particle is novel when its distance ratio is above this quantile of the "
         "ratio among the map's own particles (higher: fewer flagged)",

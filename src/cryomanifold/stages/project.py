@@ -246,6 +246,8 @@ def run_novelty(
     result = novelty_scores(
         _pca_rows(folder, manifold, good),
         manifold.reference_.points,
+        labels=embedded.labels[good],
+        reference_labels=manifold.gmm_.predict(manifold.reference_.embedding),
         quantile=quantile,
         random_state=seed,
     )
