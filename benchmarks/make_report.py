@@ -5,6 +5,7 @@ Usage::
     python benchmarks/quality.py --overwrite
     python benchmarks/vs_aspire.py --overwrite
     python benchmarks/throughput.py --large --overwrite
+    python benchmarks/atlas_projection.py --overwrite
     python benchmarks/make_report.py
 
 Copies each script's Markdown table from ``benchmarks/results/`` into
@@ -80,6 +81,11 @@ SECTIONS = [
         "atlas_render",
         "Atlas rendering",
         "python benchmarks/atlas_render.py   # needs chromium and playwright",
+    ),
+    (
+        "atlas_projection",
+        "Projection into an existing map",
+        "python benchmarks/atlas_projection.py --overwrite   # about 4 min; simulations cached",
     ),
 ]
 
@@ -157,6 +163,12 @@ def _goals() -> list[str]:
     a = _load("vs_aspire")
     if a:
         out += [f"- ASPIRE, {g}" for g in a.get("goals", [])]
+    p = _load("atlas_projection")
+    if p:
+        out += [
+            f"- Projection: {goal} ({'met' if ok else 'NOT met'})."
+            for goal, ok in p.get("goals", {}).items()
+        ]
     return out
 
 

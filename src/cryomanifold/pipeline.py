@@ -212,6 +212,7 @@ def _run_stages(
                 "box": box_out,
                 "pixel_size_angstrom": apix,
                 "n_features": feat["n_features"],
+                "has_ctf": stack.ctf is not None,
             }
             info = {"input": str(source.resolve()), "versions": _versions()}
             _, summary = fit.run_fit(folder, cfg, stack_info, info)
@@ -319,7 +320,13 @@ def _write_outputs(
         folder.model_dir,
         manifold,
         settings=feature_settings(
-            cfg, {"box": box_out, "pixel_size_angstrom": apix, "n_features": feat["n_features"]}
+            cfg,
+            {
+                "box": box_out,
+                "pixel_size_angstrom": apix,
+                "n_features": feat["n_features"],
+                "has_ctf": stack.ctf is not None,
+            },
         ),
         classes={
             "size": classes.sizes.tolist(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +46,47 @@ def _spread(
     return pos
 
 
+def _draw_layers(
+    ax: Any,
+    plt: Any,
+    emb: npt.NDArray[np.float64],
+    idx: npt.NDArray[np.intp],
+    size: float,
+    background: npt.ArrayLike | None,
+    highlight: npt.ArrayLike | None,
+    groups: tuple[npt.ArrayLike, list[str]] | None,
+) -> npt.NDArray[np.float64]:
+    """The grey background, the points coloured by group, and the black highlights;
+    returns the background and highlight points (for the axis limits)."""
+    shown = [np.empty((0, 2))]
+    if background is not None:
+        bg = np.asarray(background, dtype=np.float64).reshape(-1, 2)
+        ax.scatter(*bg.T, c="0.82", s=size, linewidths=0, rasterized=True, label="map")
+        shown.append(bg)
+    if groups is not None:
+        codes = np.asarray(groups[0])
+        cmap = plt.get_cmap("tab10" if len(groups[1]) <= 10 else "tab20")
+        for g, name in enumerate(groups[1]):
+            on = idx[codes[idx] == g]
+            ax.scatter(
+                *emb[on].T,
+                color=cmap(g % cmap.N),
+                s=size,
+                linewidths=0,
+                alpha=0.6,
+                rasterized=True,
+                label=name,
+            )
+    if highlight is not None:
+        hi = np.asarray(highlight, dtype=np.float64).reshape(-1, 2)
+        if hi.size:
+            ax.scatter(*hi.T, c="black", s=size, linewidths=0, alpha=0.8, label="novel")
+            shown.append(hi)
+    if len(shown) > 1 or groups is not None:
+        ax.legend(loc="upper right", fontsize=7, markerscale=2, framealpha=0.8)
+    return np.vstack(shown)
+
+
 def plot_map(
     embedding: npt.ArrayLike,
     labels: npt.ArrayLike,
@@ -58,6 +100,9 @@ def plot_map(
     inset_size: float | None = None,
     max_points: int = 200_000,
     random_state: int = 0,
+    background: npt.ArrayLike | None = None,
+    highlight: npt.ArrayLike | None = None,
+    groups: tuple[npt.ArrayLike, list[str]] | None = None,
 ) -> Path:
     """Draw the embedding coloured by class with each class average as an inset.
 
@@ -85,6 +130,14 @@ def plot_map(
         particles still give a small PNG quickly.
     random_state : int
         Seed of that subset.
+    background : array_like, shape (m, 2), optional
+        Points drawn in light grey under the others (a map's reference, when new
+        particles are projected into it).
+    highlight : array_like, shape (h, 2), optional
+        Points drawn in black over the others (projected particles outside the map).
+    groups : (codes, names), optional
+        Colour the points by group instead of class: ``codes`` (n,) indexes
+        ``names``, which the legend shows (datasets of an atlas).
 
     Returns
     -------
@@ -120,15 +173,17 @@ def plot_map(
 
     fig, ax = plt.subplots(figsize=(9, 8), dpi=dpi)
     size = max(1.0, min(12.0, 30000.0 / max(idx.size, 1)))
-    ax.scatter(
-        emb[idx, 0],
-        emb[idx, 1],
-        c=colours[lab[idx]],
-        s=size,
-        linewidths=0,
-        alpha=0.6,
-        rasterized=True,
-    )
+    extra = _draw_layers(ax, plt, emb, idx, size, background, highlight, groups)
+    if groups is None:
+        ax.scatter(
+            emb[idx, 0],
+            emb[idx, 1],
+            c=colours[lab[idx]],
+            s=size,
+            linewidths=0,
+            alpha=0.6,
+            rasterized=True,
+        )
     if inset_size is None:
         inset_size = 0.075 if n_classes <= 16 else max(0.04, 0.075 * np.sqrt(16 / n_classes))
     zoom = inset_size * fig.get_figwidth() * 72.0 / avg.shape[-1]  # OffsetImage zoom is in points
@@ -160,8 +215,9 @@ def plot_map(
             color="red" if flags[k] else "black",
         )
     if finite.any():
-        lo = np.minimum(emb[idx].min(axis=0), boxes[finite].min(axis=0) - side)
-        hi = np.maximum(emb[idx].max(axis=0), boxes[finite].max(axis=0) + side)
+        shown = np.vstack([emb[idx], extra])
+        lo = np.minimum(shown.min(axis=0), boxes[finite].min(axis=0) - side)
+        hi = np.maximum(shown.max(axis=0), boxes[finite].max(axis=0) + side)
         pad = 0.03 * (hi - lo)  # keep the outermost points whole
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])

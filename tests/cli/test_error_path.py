@@ -147,6 +147,10 @@ def test_every_subcommand_reports_an_expected_error_in_one_line(
         "export": ["export", str(missing), "--classes", "1", "--out", str(tmp_path / "e.star")],
         "atlas": ["atlas", str(missing)],
         "recluster": ["recluster", str(missing), "--classes", "2", "--out", str(tmp_path / "o")],
+        "project": [
+            *("project", str(missing / "p.star"), "--onto", str(missing / "run")),
+            *("--out", str(tmp_path / "o")),
+        ],
         "relion-external": [
             *("relion-external", "--o", str(tmp_path / "job"), "--in_parts"),
             str(missing / "p.star"),

@@ -173,6 +173,7 @@
     const d = S.d;
     const bufs = { pos: buffer(gl, d.pos), cls: buffer(gl, d.cls), sel: buffer(gl, S.flags, gl.DYNAMIC_DRAW) };
     for (const f of ["probability", "junk", "defocus", "micrograph"]) if (d[f]) bufs[f] = buffer(gl, d[f]);
+    addLayerBuffers(gl, bufs);
     gl.enable(gl.BLEND);
     gl.blendFunc(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA);
     canvas.addEventListener("webglcontextlost", (e) => { e.preventDefault(); fail("WebGL context lost; reload the page"); });
@@ -245,6 +246,7 @@
     const size = pointSizeCss() * S.dpr;
     gl.uniform1f(loc.u_size, size);
     gl.uniform1f(loc.u_round, size >= 3 ? 1 : 0);
+    drawReference(G);
     gl.uniform1f(loc.u_alpha, S.alpha);
     gl.uniform1f(loc.u_hover, S.hoverClass);
     const field = S.meta.fields[S.colour];
@@ -459,6 +461,8 @@
       line(t, parts.join(" · "));
       const mic = fieldValue("micrograph", i);
       if (mic !== null) line(t, mic, "hint");
+      const ds = datasetOf(i);
+      if (ds) line(t, `dataset ${ds.name} · row ${i - ds.offset}${novelText(i)}`, "hint");
     }
     const ex = line(t, "", "examples");
     for (const cv of exampleCanvases(c)) ex.appendChild(cv);
@@ -755,6 +759,7 @@
   function legend() {
     const el = $("cm-legend"), f = S.meta.fields[S.colour];
     el.replaceChildren();
+    if (S.colour === "dataset") { datasetLegend(el); return; }
     if (f.kind === "category") {
       const n = S.colour === "class" ? S.meta.n_classes : S.meta.micrographs.length;
       line(el, `colour: ${f.label} (${n.toLocaleString()}${S.colour === "class" ? ", see gallery" : ""})`);
@@ -866,6 +871,54 @@
       if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement) return;
       const m = { p: "pan", b: "box", l: "lasso" }[e.key.toLowerCase()];
       if (m && !e.ctrlKey && !e.metaKey) setMode(m);
+    });
+  }
+
+  // ---------------------------------------------------------------- projections and atlases of datasets
+  // (issue 13) A projection draws the map it was placed into as a grey layer under its
+  // particles (arrays.reference); an atlas of datasets has a "dataset" field and
+  // meta.datasets ({name, offset, n_particles} in row order) for the legend and the panel.
+  function addLayerBuffers(gl, bufs) {
+    const d = S.d;
+    for (const f of ["novel", "dataset"]) if (d[f]) bufs[f] = buffer(gl, d[f]);
+    if (d.reference) bufs.reference = buffer(gl, d.reference);
+  }
+
+  function drawReference(G) {
+    const { gl, loc } = G, ref = G.bufs.reference;
+    if (!ref || !S.meta.n_reference) return;
+    attrib(G, "a_pos", ref, 2, true);
+    for (const a of ["a_val", "a_cls", "a_sel"]) gl.disableVertexAttribArray(loc[a]);
+    gl.vertexAttrib1f(loc.a_val, 0);
+    gl.vertexAttrib1f(loc.a_cls, -1);
+    gl.vertexAttrib1f(loc.a_sel, 0);
+    gl.uniform1f(loc.u_mode, 0);
+    gl.uniform1f(loc.u_zeroGrey, 1);
+    gl.uniform1f(loc.u_anySel, 0);
+    gl.uniform1f(loc.u_hover, -1);
+    gl.uniform1f(loc.u_alpha, 0.3 * S.alpha);
+    gl.drawArrays(gl.POINTS, 0, S.meta.n_reference);
+  }
+
+  function datasetOf(i) {
+    const list = S.meta.datasets;
+    if (!list) return null;
+    for (const ds of list) if (i >= ds.offset && i < ds.offset + ds.n_particles) return ds;
+    return null;
+  }
+
+  function novelText(i) {
+    return S.d.novel && S.d.novel[i] > 127 ? " · novel (outside the map)" : "";
+  }
+
+  function datasetLegend(el) {
+    line(el, `colour: dataset (${S.meta.datasets.length})`);
+    S.meta.datasets.forEach((ds, j) => {
+      const row = line(el, "", "ds");
+      const sw = document.createElement("span");
+      sw.style.cssText = `display:inline-block;width:10px;height:10px;margin-right:4px;background:${css(PAL[j % N_PAL])}`;
+      row.appendChild(sw);
+      row.appendChild(document.createTextNode(`${ds.name} (${ds.n_particles.toLocaleString()})`));
     });
   }
 

@@ -109,7 +109,7 @@ def atlas_payload(
 
     labels = table[CLASS_COLUMN].to_numpy(dtype=np.int64)
     labels = np.where((labels >= 1) & (labels <= max_class), labels, 0)
-    pos, bounds = quantize_positions(_embedding(run, table, n))
+    pos, bounds, reference = _positions(_embedding(run, table, n), _reference_embedding(run))
     arrays: dict[str, npt.NDArray[Any]] = {
         "pos": pos,
         "cls": labels.astype(
@@ -125,6 +125,7 @@ def atlas_payload(
         if values is not None:
             arrays[key] = quantize(values, 0.0, 1.0)
             fields[key] = {"kind": "scalar", "label": label, "range": [0.0, 1.0]}
+    _projection_fields(table, n, reference, arrays, fields)
 
     defocus = _unit_field(table, "rlnDefocusU", n)
     if defocus is not None:
@@ -209,8 +210,51 @@ def atlas_payload(
         ),
         "class_colours": np.round(class_colours(max_class), 4).tolist(),
         "run_dir": str(run.resolve()),
+        "n_reference": 0 if reference is None else int(reference.shape[0]),
     }
     return meta, arrays
+
+
+# -- projections (issue 13): the map's reference in grey, and the novelty flag ------------
+NOVEL_COLUMN = "cmNovel"
+
+
+def _reference_embedding(run: Path) -> npt.NDArray[np.float64] | None:
+    """The map a projection was placed into (``reference_embedding.npy``), if any."""
+    path = run / "reference_embedding.npy"
+    if not path.is_file():
+        return None
+    ref = np.load(path, allow_pickle=False)
+    if ref.ndim != 2 or ref.shape[1] != 2:
+        raise ValueError(f"{path} has shape {ref.shape}; expected (m, 2)")
+    return np.asarray(ref, dtype=np.float64)
+
+
+def _positions(
+    emb: npt.NDArray[np.float64], reference: npt.NDArray[np.float64] | None
+) -> tuple[npt.NDArray[np.uint16], tuple[float, float, float, float], Any]:
+    """Particles (and the reference) quantised over their common bounds."""
+    if reference is None:
+        pos, bounds = quantize_positions(emb)
+        return pos, bounds, None
+    both, bounds = quantize_positions(np.vstack([emb, reference]))
+    return both[: emb.shape[0]], bounds, both[emb.shape[0] :]
+
+
+def _projection_fields(
+    table: Any,
+    n: int,
+    reference: npt.NDArray[np.uint16] | None,
+    arrays: dict[str, npt.NDArray[Any]],
+    fields: dict[str, dict[str, Any]],
+) -> None:
+    """Add the grey reference layer and the "novel" colouring of a projection."""
+    if reference is not None:
+        arrays["reference"] = reference
+    novel = _unit_field(table, NOVEL_COLUMN, n)
+    if novel is not None:
+        arrays["novel"] = quantize(novel, 0.0, 1.0)
+        fields["novel"] = {"kind": "scalar", "label": "novel (outside the map)", "range": [0, 1]}
 
 
 def _finite_or_none(value: Any) -> float | None:

@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("cryomanifold.cli.simulate", "simulate particles from atomic models"),
     "demo": ("cryomanifold.cli.demo", "simulate a small dataset and classify it"),
     "export": ("cryomanifold.cli.export", "write a selection of a run as .star / .cs"),
-    "atlas": ("cryomanifold.cli.atlas", "write the interactive atlas.html of a run"),
+    "project": ("cryomanifold.cli.project", "place new particles into an existing run's map"),
+    "atlas": ("cryomanifold.cli.atlas", "write a run's atlas.html, or an atlas of several runs"),
     "relion-external": ("cryomanifold.cli.relion_external", "run as a RELION External job"),
 }
 

@@ -152,7 +152,10 @@ def run_features(
         box=cfg.box,
         pixel_size_angstrom=stack.pixel_size_angstrom,
         ctf_features=cfg.ctf_features,
-        feature_options=dict(cfg.feature_options),
+        # JSON (a saved model, a resumed run) turns tuples such as the band into lists
+        feature_options={
+            k: tuple(v) if isinstance(v, list) else v for k, v in cfg.feature_options.items()
+        },
         particle_diameter_angstrom=cfg.particle_diameter_angstrom,
         contrast_column=cfg.contrast_weight > 0,
         batch_size=cfg.batch_size,

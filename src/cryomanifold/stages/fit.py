@@ -73,6 +73,8 @@ def feature_settings(cfg: RunConfig, stack_info: dict[str, Any]) -> dict[str, An
         "box": stack_info["box"],
         "pixel_size_angstrom": stack_info["pixel_size_angstrom"],
         "ctf_features": cfg.ctf_features,
+        # whether the features were divided by the CTF (it needs CTF parameters)
+        "ctf_corrected": bool(cfg.ctf_features and stack_info.get("has_ctf", True)),
         "feature_options": resolved_feature_options(dict(cfg.feature_options)),
         "contrast_column": cfg.contrast_weight > 0,
         "particle_diameter_angstrom": cfg.particle_diameter_angstrom,

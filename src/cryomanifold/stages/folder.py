@@ -56,6 +56,7 @@ RUN_OUTPUTS = (
     "stacks_mrcs",
     "templates.cs",
     "templates.mrc",
+    "reference_embedding.npy",  # a projection's map, drawn in grey by the atlas
 )
 
 

@@ -141,8 +141,15 @@ def run_junk(
     embedded: EmbedResult,
     averages: ClassAverages,
     pixel_size_angstrom: float,
+    *,
+    class_labels: npt.NDArray[np.int64] | None = None,
 ) -> tuple[JunkResult, dict[str, Any]]:
-    """Run the stage; returns its result and summary."""
+    """Run the stage; returns its result and summary.
+
+    ``class_labels`` (default ``embedded.labels``) are the classes the class table
+    counts; a projection passes -1 for its novel particles, which are called like
+    every other particle but belong to no class.
+    """
     t0 = time.perf_counter()
     labels = embedded.labels
     n = labels.size
@@ -163,8 +170,9 @@ def run_junk(
     reason = np.asarray(call.reason, dtype=object)
     reason[~good] = "unreadable"
     no_signal = (call.signs["no_signal"] > 0.5) & good
+    members = labels if class_labels is None else np.asarray(class_labels)
     table = class_table(
-        labels, junk, score, reason, averages, measures, pixel_size_angstrom, no_signal
+        members, junk, score, reason, averages, measures, pixel_size_angstrom, no_signal
     )
     codes, names = _reason_codes(reason)
     with atomic_path(folder.artefact("junk.npz")) as tmp:
