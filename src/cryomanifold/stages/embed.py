@@ -61,12 +61,15 @@ def classify(
     n: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Labels (n,) and probabilities (n,) of the given rows from their map positions."""
+    from threadpoolctl import threadpool_limits
+
     labels = np.full(n, -1, dtype=np.int64)
     prob = np.zeros(n, dtype=np.float32)
-    for start in range(0, rows.size, 200_000):
-        part = rows[start : start + 200_000]
-        lab, p = manifold.classify(np.asarray(manifold.gmm_.predict_proba(embedding[part])))
-        labels[part], prob[part] = lab, p
+    with threadpool_limits(limits=1, user_api="blas"):  # tiny products: see choose_n_classes
+        for start in range(0, rows.size, 200_000):
+            part = rows[start : start + 200_000]
+            lab, p = manifold.classify(np.asarray(manifold.gmm_.predict_proba(embedding[part])))
+            labels[part], prob[part] = lab, p
     return labels, prob
 
 
