@@ -131,8 +131,12 @@ def test_measures_do_not_depend_on_the_batch():
 def test_shared_spectrum_measures_equal_the_standalone_functions():
     """particle_measures computes mass, gradient, signal and contrast from one spectrum;
     they must equal the public functions that each transform the images themselves."""
-    from cryomanifold.junk import particle_contrast
-    from cryomanifold.junk_signs import density_gradient, particle_mass, signal_zscore
+    from cryomanifold.junk_signs import (
+        density_gradient,
+        particle_contrast,
+        particle_mass,
+        signal_zscore,
+    )
 
     rng = np.random.default_rng(10)
     imgs = np.concatenate([particles(6, rng), noise(4, rng), shards(4, rng)])

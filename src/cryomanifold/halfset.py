@@ -51,6 +51,7 @@ __all__ = [
     "CONTROL_MARGIN_SIGMA",
     "FRC_THRESHOLD",
     "HalfSetAverage",
+    "average_detail",
     "band_correlation",
     "class_half_sets",
     "default_band",
@@ -398,3 +399,38 @@ def class_half_sets(
             )
         )
     return out
+
+
+def average_detail(
+    averages: npt.ArrayLike,
+    *,
+    pixel_size_angstrom: float,
+    low_angstrom: tuple[float, float] = (200.0, 40.0),
+    mid_angstrom: tuple[float, float] = (40.0, 12.0),
+) -> F32:
+    """Power at intermediate over low spatial frequencies of each class average.
+
+    Parameters
+    ----------
+    averages : array_like, shape (K, L, L)
+    pixel_size_angstrom : float
+    low_angstrom, mid_angstrom : (float, float)
+        The two resolution bands, Å (from, to). The mid band is clipped at Nyquist.
+
+    Returns
+    -------
+    ndarray, shape (K,), float32
+        Larger for averages with sharp detail; small for blurred blobs.
+    """
+    avg = np.asarray(averages, dtype=np.float64)
+    box = avg.shape[-1]
+    r = radial_distance(box)
+    edge = r > 0.42 * box
+    centred = (avg - np.median(avg[:, edge], axis=1)[:, None, None]) * (r < 0.45 * box)
+    power = np.abs(sfft.rfft2(centred)) ** 2
+    k = np.hypot(sfft.fftfreq(box)[:, None], sfft.rfftfreq(box)[None, :]) / pixel_size_angstrom
+    low = (k > 1 / low_angstrom[0]) & (k <= 1 / low_angstrom[1])
+    mid = (k > 1 / mid_angstrom[0]) & (k <= 1 / mid_angstrom[1])
+    return (power[:, mid].sum(axis=1) / np.maximum(power[:, low].sum(axis=1), 1e-30)).astype(
+        np.float32
+    )

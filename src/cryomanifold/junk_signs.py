@@ -45,14 +45,19 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
-from cryomanifold.ctf import CTFParams, ctf_2d
+from cryomanifold.ctf import CTFParams
 from cryomanifold.preprocess import as_image_batch, radial_distance
+from cryomanifold.signal import (
+    OUTER_FRACTION as OUTER_FRACTION,
+)
+from cryomanifold.signal import signal_zscore, signal_zscore_from_spectrum
 
 __all__ = [
     "STRIPE_ROW_RATIO",
     "density_gradient",
     "edge_stripe_widths",
     "excess_kurtosis",
+    "particle_contrast",
     "particle_mass",
     "particle_measures",
     "peak_sigma",
@@ -69,10 +74,6 @@ C64 = npt.NDArray[np.complex64]
 #: rescaled boxes); two rows of independent noise give 1 +- sqrt(2 / L), so a pair of
 #: 32 or more noise pixels falls below 0.3 with probability < 1e-6.
 STRIPE_ROW_RATIO = 0.3
-
-#: Default radius of the particle disk and start of the outer ring, fractions of L.
-_INNER_FRACTION = 0.3
-_OUTER_FRACTION = 0.42
 
 
 def _spectrum(images: F32, workers: int = -1) -> C64:
@@ -94,8 +95,8 @@ def _weight_image(box: int, kind: str, radius_px: float | None) -> F64:
         ramp = np.broadcast_to(c[:, None], (box, box)) / float((c**2).sum() * box)
         return np.asarray(ramp if kind == "ramp_y" else ramp.T)
     r = radial_distance(box)
-    edge = r > _OUTER_FRACTION * box
-    limit = _OUTER_FRACTION * box if radius_px is None else min(radius_px, _OUTER_FRACTION * box)
+    edge = r > OUTER_FRACTION * box
+    limit = OUTER_FRACTION * box if radius_px is None else min(radius_px, OUTER_FRACTION * box)
     disk = r <= limit
     return np.asarray(disk.astype(np.float64) - edge * (disk.sum() / edge.sum()))
 
@@ -140,30 +141,6 @@ def _lowpass(
     return np.asarray(sfft.irfft2(spec, s=(box, box), workers=workers))
 
 
-def _abs_ctf(ctf: CTFParams, box: int, pixel_size_angstrom: float) -> F32:
-    """``|CTF|`` on the rfft2 grid (n, L, L // 2 + 1), evaluated once per distinct CTF
-    (particles of one micrograph share theirs)."""
-    table = np.stack(
-        [
-            np.broadcast_to(np.asarray(getattr(ctf, name), dtype=np.float64), len(ctf))
-            for name in (
-                "defocus_u_angstrom",
-                "defocus_v_angstrom",
-                "defocus_angle_deg",
-                "voltage_kv",
-                "cs_mm",
-                "amplitude_contrast",
-                "phase_shift_deg",
-                "bfactor_angstrom2",
-            )
-        ],
-        axis=1,
-    )
-    _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
-    unique = np.abs(ctf_2d(ctf.subset(first), box, pixel_size_angstrom)).astype(np.float32)
-    return unique[np.asarray(inverse).reshape(-1)]
-
-
 def edge_stripe_widths(images: npt.ArrayLike, *, row_ratio: float = STRIPE_ROW_RATIO) -> F32:
     """Width of the padding stripes at each box edge.
 
@@ -201,154 +178,6 @@ def edge_stripe_widths(images: npt.ArrayLike, *, row_ratio: float = STRIPE_ROW_R
             run = np.cumprod(rep[:, 1:], axis=1).sum(axis=1)
             out[:, e] = np.where(run > 0, run + 2, 0)
     return out
-
-
-@functools.lru_cache(maxsize=16)
-def _ring_operator(box: int) -> tuple[F32, npt.NDArray[np.intp]]:
-    """Ring averaging on the rfft2 grid: ``(power @ op)[:, r]`` is the mean over ring
-    ``r`` (each half-grid sample counted as often as it stands in the full grid), and
-    the ring index of every sample, for putting the profile back on the grid."""
-    ring = np.rint(
-        np.hypot((sfft.fftfreq(box) * box)[:, None], np.arange(box // 2 + 1)[None, :])
-    ).astype(np.intp)
-    mult = np.full(ring.shape, 2.0)
-    mult[:, 0] = 1.0
-    if box % 2 == 0:
-        mult[:, -1] = 1.0
-    n_rings = int(ring.max()) + 1
-    counts = np.bincount(ring.ravel(), mult.ravel(), n_rings)
-    op = np.zeros((ring.size, n_rings))
-    op[np.arange(ring.size), ring.ravel()] = mult.ravel() / counts[ring.ravel()]
-    out = np.ascontiguousarray(op, dtype=np.float32), ring.ravel()
-    for arr in out:
-        arr.setflags(write=False)
-    return out
-
-
-def _radial_profile_spectrum(power: npt.NDArray[np.floating]) -> F32:
-    """Rotational average of rfft2 power spectra (n, L, L // 2 + 1), put back on the grid."""
-    n, box = power.shape[0], power.shape[1]
-    op, ring = _ring_operator(box)
-    profile = power.reshape(n, -1).astype(np.float32, copy=False) @ op  # (n, n_rings)
-    return np.asarray(profile[:, ring].reshape(power.shape))
-
-
-def signal_zscore(
-    images: npt.ArrayLike,
-    *,
-    pixel_size_angstrom: float,
-    ctf: CTFParams | None = None,
-    radius_px: float | None = None,
-    outer_px: float | None = None,
-) -> F32:
-    """Centred signal of each image as a z-score against stationary noise.
-
-    The image is filtered with ``|CTF|`` (the matched filter of a CTF-modulated
-    signal in white noise; a flat band without ``ctf``) above the two lowest
-    Fourier rings (ice gradients, normalisation). ``t = log(E_in / E_out)`` compares
-    the mean energy per pixel in the central disk and in the outer ring. Under the
-    null hypothesis "stationary Gaussian noise with this image's rotationally
-    averaged power spectrum" (shot noise and ice, under this particle's CTF), the
-    variance of each energy is ``2 sum_{x, y in A} C(x - y)^2`` with ``C`` the
-    autocovariance of the filtered noise, which gives the standard deviation of
-    ``t`` exactly, with no simulation and no seed. The image's own spectrum
-    includes the particle's power, which makes the test slightly conservative.
-
-    Measured on simulated CTF-modulated shot noise on ice (200 kV, 3.54 Å/px,
-    1 µm defocus): mean 0.0, standard deviation 0.99.
-
-    Parameters
-    ----------
-    images : array_like, shape (n, L, L)
-        Prepared (not phase-flipped) images.
-    pixel_size_angstrom : float
-    ctf : CTFParams, optional
-        CTF of the ``n`` images.
-    radius_px : float, optional
-        Radius of the central disk, pixels; default 0.3 L.
-    outer_px : float, optional
-        Inner radius of the outer ring, pixels; default ``max(0.42 L, radius_px + 2)``
-        capped at 0.45 L.
-
-    Returns
-    -------
-    ndarray, shape (n,), float32
-        About N(0, 1) for noise; positive when the centre carries more energy than
-        the noise gives; negative when the edge carries structure.
-    """
-    imgs = as_image_batch(images)
-    return _signal_z(
-        _spectrum(imgs),
-        imgs.shape[-1],
-        pixel_size_angstrom=pixel_size_angstrom,
-        ctf=ctf,
-        radius_px=radius_px,
-        outer_px=outer_px,
-    )
-
-
-@functools.lru_cache(maxsize=32)
-def _signal_regions(box: int, r_in: float, r_out: float) -> tuple[F32, F32, F64, F64]:
-    """Flat masks of the disk and the ring, and their self-overlaps ``(A * A)(d)``, flat."""
-    r = radial_distance(box)
-    inner = (r < r_in).astype(np.float64)
-    outer = (r > r_out).astype(np.float64)
-
-    def overlap(region: F64) -> F64:
-        return np.asarray(sfft.irfft2(np.abs(sfft.rfft2(region)) ** 2, s=(box, box)).ravel())
-
-    out = (
-        inner.ravel().astype(np.float32),
-        outer.ravel().astype(np.float32),
-        overlap(inner),
-        overlap(outer),
-    )
-    for arr in out:
-        arr.setflags(write=False)
-    return out
-
-
-def _signal_z(
-    spec: C64,
-    box: int,
-    *,
-    pixel_size_angstrom: float,
-    ctf: CTFParams | None,
-    radius_px: float | None,
-    outer_px: float | None,
-) -> F32:
-    """:func:`signal_zscore` from the batch's rfft2 spectrum."""
-    n = spec.shape[0]
-    if ctf is not None and len(ctf) != n:
-        raise ValueError(f"{len(ctf)} CTF entries for {n} images")
-    r_in = _INNER_FRACTION * box if radius_px is None else float(radius_px)
-    r_in = min(max(r_in, 2.0), 0.4 * box)
-    r_out = max(_OUTER_FRACTION * box, r_in + 2.0) if outer_px is None else float(outer_px)
-    r_out = min(r_out, 0.45 * box)
-    ring = _frequency(box) * box
-    band = ((ring >= 2) & (ring <= box / 2)).astype(np.float32)
-    if ctf is None:
-        filt = np.broadcast_to(band, (n, *band.shape))
-    else:
-        filt = _abs_ctf(ctf, box, pixel_size_angstrom) * band
-    filtered = sfft.irfft2(spec * filt, s=(box, box)).reshape(n, -1)
-    inner, outer, ov_in, ov_out = _signal_regions(box, r_in, r_out)
-    energy = filtered * filtered
-    e_in = (energy @ inner).astype(np.float64) / float(inner.sum())
-    e_out = (energy @ outer).astype(np.float64) / float(outer.sum())
-    # autocovariance of the filtered null noise, per pixel
-    power = spec.real * spec.real + spec.imag * spec.imag
-    noise = _radial_profile_spectrum(power) * filt**2
-    cov = sfft.irfft2(noise, s=(box, box)).reshape(n, -1)
-    cov *= np.float32(1.0 / box**2)
-    var0 = np.maximum(cov[:, 0].astype(np.float64), 1e-30)
-    cov *= cov  # sums of positive terms: float32 is exact enough
-    sums = (cov @ np.stack([ov_in, ov_out], axis=1).astype(np.float32)).astype(np.float64)
-    var_in = 2.0 * sums[:, 0] / (float(inner.sum()) * var0) ** 2
-    var_out = 2.0 * sums[:, 1] / (float(outer.sum()) * var0) ** 2
-    sd = np.sqrt(var_in + var_out)
-    t = np.log(np.maximum(e_in, 1e-30) / np.maximum(e_out, 1e-30))
-    return (t / np.maximum(sd, 1e-12)).astype(np.float32)
 
 
 def excess_kurtosis(images: npt.ArrayLike) -> F32:
@@ -519,7 +348,7 @@ def particle_measures(
     dict of str to ndarray, shape (n,), float32
         ``edge_stripe_px``, ``signal_z``, ``kurtosis``, ``gradient``, ``mass``,
         ``peak_sigma``, ``finite`` (1.0 or 0.0), and ``contrast`` (the centre-over-edge
-        contrast of :func:`cryomanifold.junk.particle_contrast`, a feature of the map).
+        contrast of :func:`particle_contrast`, a feature of the map).
     workers : int
         Threads for scipy.fft.
     """
@@ -542,7 +371,7 @@ def particle_measures(
     spec = _spectrum(clean.astype(np.float32, copy=False), workers)
     return {
         "edge_stripe_px": stripes.astype(np.float32),
-        "signal_z": _signal_z(
+        "signal_z": signal_zscore_from_spectrum(
             spec, box, pixel_size_angstrom=apix, ctf=ctf, radius_px=radius_px, outer_px=None
         ),
         "kurtosis": excess_kurtosis(clean),
@@ -554,9 +383,40 @@ def particle_measures(
     }
 
 
+def particle_contrast(
+    images: npt.ArrayLike,
+    *,
+    pixel_size_angstrom: float,
+    radius_px: float | None = None,
+    workers: int = -1,
+) -> F32:
+    """Centre-over-edge contrast of each 25 Å low-passed particle image.
+
+    The variance within the particle radius over the variance in the ring beyond
+    0.42 L: about 1 for an empty box, below 1 when the edge carries the structure. Its
+    log is a feature of the map (:class:`cryomanifold.stages.config.RunConfig`
+    ``contrast_weight``); :func:`particle_measures` gives it as ``contrast``.
+
+    Parameters
+    ----------
+    images : array_like, shape (n, L, L)
+        Normalised particle images.
+    pixel_size_angstrom : float
+    radius_px : float, optional
+        Radius of the particle region, pixels; default (and at most 0.42 L) 0.3 L.
+    workers : int
+        Threads for scipy.fft.
+
+    Returns
+    -------
+    ndarray, shape (n,), float32
+    """
+    imgs = as_image_batch(images)
+    return _contrast(_spectrum(imgs, workers), imgs.shape[-1], pixel_size_angstrom, radius_px)
+
+
 def _contrast(spec: C64, box: int, pixel_size_angstrom: float, radius_px: float | None) -> F32:
-    """Centre-over-edge variance ratio of the 25 Å low-passed images, from their spectrum
-    (:func:`cryomanifold.junk.particle_contrast`)."""
+    """:func:`particle_contrast` from the batch's rfft2 spectrum."""
     keep = (_frequency(box) / pixel_size_angstrom < 1.0 / 25.0).astype(np.float32)
     low = sfft.irfft2(spec * keep, s=(box, box)).reshape(spec.shape[0], -1)
     r = radial_distance(box).ravel()

@@ -38,7 +38,7 @@ class RunConfig:
         Keyword arguments of :func:`cryomanifold.features.invariant_features`.
     contrast_weight : float
         Weight in the map of one extra feature, the log centre-over-edge contrast of
-        the low-passed image (:func:`cryomanifold.junk.particle_contrast`), relative
+        the low-passed image (:func:`cryomanifold.junk_signs.particle_contrast`), relative
         to a typical invariant feature; 0 leaves it out. Without it none of the
         low-contrast real beta-gal images (empty ice, edge stripes) gather in a class
         of their own; with 5 they form one junk class. It is the last column of

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cryomanifold._atomic import atomic_path
-from cryomanifold.junk import average_detail
+from cryomanifold.halfset import average_detail
 from cryomanifold.junk_call import call_particles, robust_z
 from cryomanifold.stages.averages import ClassAverages
 from cryomanifold.stages.embed import EmbedResult
