@@ -89,6 +89,10 @@ def test_transform_is_per_point(fitted):
 def test_reference_points_map_onto_themselves(fitted):
     _, ref = fitted
     np.testing.assert_array_equal(ref.transform(ref.points[:50]), ref.embedding[:50])
+    # with layout epochs too: the map's own points do not drift
+    mixed = np.concatenate([ref.points[:20], _clusters(30, 6)[0]])
+    placed = ref.transform(mixed, epochs=30)
+    np.testing.assert_array_equal(placed[:20], ref.embedding[:20])
 
 
 def test_subsample_keeps_map():

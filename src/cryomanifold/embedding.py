@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["UMAPReference", "fit_umap", "knn", "membership_strengths", "weighted_positions"]
+__all__ = [
+    "UMAPReference",
+    "fit_umap",
+    "knn",
+    "membership_strengths",
+    "warm_up",
+    "weighted_positions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,14 @@ def import_umap() -> Any:
         import umap
     _enable_numba_caching()
     return umap
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's disk cache) the kernels that placing new points with
+    epochs uses, on a tiny map; a fresh Dask worker calls it once, before any task."""
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(12, 3)).astype(np.float32)
+    UMAPReference(pts, pts[:, :2].copy(), 4, 1.58, 0.9).transform(pts[:3] + 0.1, epochs=2)
 
 
 def knn(
@@ -327,6 +342,8 @@ class UMAPReference:
         out, vals = weighted_positions(idx, dist, self.embedding)
         if epochs > 0:
             out = self._optimise(out, idx, vals, epochs, seed)
+            # a copy of a reference point stays where the reference has it
+            out[own] = self.embedding[idx_all[own, 0]]
         return out, spread
 
     def _optimise(

@@ -64,9 +64,10 @@ def _warm_worker(cache_dir: str | None) -> str:
         base = cache_dir or os.path.join(tempfile.gettempdir(), f"cryomanifold-numba-{os.getuid()}")
         os.environ["NUMBA_CACHE_DIR"] = base
     import cryomanifold.averaging
-    import cryomanifold.features
-    import cryomanifold.manifold  # noqa: F401
+    import cryomanifold.features  # noqa: F401
+    from cryomanifold.embedding import warm_up
 
+    warm_up()  # the layout kernel of the embed stage: compiled (or read from the cache) once
     return os.environ["NUMBA_CACHE_DIR"]
 
 

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fit-sample",
         type=int,
-        default=100_000,
+        default=50_000,
         metavar="N",
         help="fit the map on at most N particles (a seeded sample) and place the others "
         "into it; 0 fits on all",

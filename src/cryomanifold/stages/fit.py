@@ -100,6 +100,7 @@ def make_manifold(cfg: RunConfig, n_features: int) -> ParticleManifold:
         n_neighbors=cfg.n_neighbors,
         min_dist=cfg.min_dist,
         reference_size=cfg.reference_size,
+        transform_epochs=cfg.transform_epochs,
         random_state=cfg.seed,
     )
 
