@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000])
     p.add_argument("--million", action="store_true", help="also 10^6 (a turned copy; time only)")
     p.add_argument("--fit-size", type=int, default=100_000, help="size of the fit-sample study")
-    p.add_argument("--fit-samples", type=int, nargs="+", default=[0, 20_000, 50_000])
+    p.add_argument("--fit-samples", type=int, nargs="+", default=[0, 20_000])
     p.add_argument("--dask-size", type=int, default=50_000, help="size of the worker study")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)

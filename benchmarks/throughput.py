@@ -217,7 +217,7 @@ def _markdown(data: dict[str, Any]) -> str:
         )
     )
     lines.append("\n## End to end (`cryomanifold run`, fresh process)\n")
-    stages = ["features", "manifold", "class_averages", "junk", "write", "total"]
+    stages = ["features", "fit", "embed", "averages", "junk", "outputs", "total"]
     rows = []
     for name, r in data["end_to_end"].items():
         t = r["timings_s"]
