@@ -413,6 +413,11 @@ class ParticleManifold(BaseEstimator):
         else:
             self.sample_ = np.arange(n, dtype=np.int64)
         xp = self.pca_.transform(self._scale(x[self.sample_]))
+        log.info(
+            "fitting the 2-D map (UMAP) on %d particles in %d PCA dimensions",
+            xp.shape[0],
+            xp.shape[1],
+        )
         fitted = fit_umap(
             xp, n_neighbors=self.n_neighbors, min_dist=self.min_dist, random_state=self.random_state
         )

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +173,27 @@ def run(
         stack.close()
 
 
+#: What each stage's one-line log summary reports (keys of its summary).
+_REPORT = {
+    "features": ("n_particles", "n_skipped", "n_features", "chunks"),
+    "fit": ("n_fit", "n_pca_components", "n_classes", "n_reference"),
+    "embed": ("n_transformed", "n_classes"),
+    "averages": ("n_classes", "n_consistent"),
+    "junk": ("n_junk", "n_junk_classes", "n_no_particle_classes"),
+}
+
+
+def _finish(folder: RunFolder, stage: str, summary: dict[str, Any]) -> None:
+    """Record a finished stage and log its one-line summary."""
+    folder.mark_done(stage, summary)
+    facts = ", ".join(
+        f"{k.removeprefix('n_').replace('_', ' ')} {summary[k]}"
+        for k in _REPORT.get(stage, ())
+        if k in summary
+    )
+    log.info("stage %s done in %.1f s: %s", stage, summary.get("seconds", 0.0), facts)
+
+
 def _run_stages(
     folder: RunFolder,
     stack: Any,
@@ -202,7 +222,7 @@ def _run_stages(
         progress=cfg.progress,
     ) as runner:
         if not folder.is_done("features"):
-            folder.mark_done("features", features.run_features(folder, stack, cfg, runner))
+            _finish(folder, "features", features.run_features(folder, stack, cfg, runner))
         feat = folder.summary("features")
         if n - feat["n_skipped"] < 3:
             raise ValueError(f"{source}: only {n - feat['n_skipped']} usable particles")
@@ -216,12 +236,12 @@ def _run_stages(
             }
             info = {"input": str(source.resolve()), "versions": _versions()}
             _, summary = fit.run_fit(folder, cfg, stack_info, info)
-            folder.mark_done("fit", summary)
+            _finish(folder, "fit", summary)
         # the map as saved: resumed and uninterrupted runs use identical arrays
         manifold = load_model(folder.model_dir).manifold
         if not folder.is_done("embed"):
             _, summary = embed.run_embed(folder, manifold, runner)
-            folder.mark_done("embed", summary)
+            _finish(folder, "embed", summary)
         embedded = embed.load_embedding(folder)
         k = manifold.n_classes_
         if not folder.is_done("averages"):
@@ -236,11 +256,11 @@ def _run_stages(
                 apix,
                 runner,
             )
-            folder.mark_done("averages", summary)
+            _finish(folder, "averages", summary)
         avg = averages.load_averages(folder, k, box_out, cfg.examples_per_class)
         if not folder.is_done("junk"):
             _, summary = junk.run_junk(folder, measures, embedded, avg, apix)
-            folder.mark_done("junk", summary)
+            _finish(folder, "junk", summary)
         called = junk.load_junk(folder)
         execution_info = runner.describe()
     return _write_outputs(
@@ -277,138 +297,24 @@ def _write_outputs(
     execution_info: dict[str, Any],
     t_start: float,
 ) -> RunResult:
-    from cryomanifold.modelfile import save_model
-    from cryomanifold.plot import plot_map
-    from cryomanifold.stages.fit import feature_settings
-    from cryomanifold.stages.outputs import (
-        software_versions,
-        write_class_files,
-        write_json,
-        write_npy,
-        write_particles,
-    )
+    from cryomanifold.stages.outputs import run_outputs
 
-    t0 = time.perf_counter()
-    out = folder.path
-    labels, prob, emb = embedded.labels, embedded.probabilities, embedded.embedding
-    good = labels >= 0
-    k = manifold.n_classes_
-    classes = called.classes
-    centroids = manifold.class_centroids()
-    # a class with no consistent particle is shown blank, never as the particle-like
-    # average that aligning noise produces (stages/junk.py)
-    shown = np.where(classes.no_particle[:, None, None], np.float32(0), avg.averages)
-    write_particles(out, stack, labels, prob, emb, called.score, called.junk, called.reason)
-    write_class_files(out, shown, avg.examples, apix, centroids, classes)
-    write_npy(out / "embedding.npy", emb)
-    n_good = int(good.sum())
-    n_junk = int(called.junk[good].sum())
-    plot_map(
-        emb[good],
-        labels[good],
-        shown,
-        out / "map.png",
-        centroids=centroids,
-        junk=classes.flags,
-        title=f"{source.name}: {n_good} particles ({n_junk} junk), {k} classes "
-        f"({int(classes.flags.sum())} flagged)",
+    info, shown = run_outputs(
+        folder, stack, source, cfg, manifold, embedded, called, avg, apix, execution_info, t_start
     )
-    feat = folder.summary("features")
-    box_out = int(avg.averages.shape[-1])
-    run_id = uuid.uuid4().hex
-    save_model(
-        folder.model_dir,
-        manifold,
-        settings=feature_settings(
-            cfg,
-            {
-                "box": box_out,
-                "pixel_size_angstrom": apix,
-                "n_features": feat["n_features"],
-                "has_ctf": stack.ctf is not None,
-            },
-        ),
-        classes={
-            "size": classes.sizes.tolist(),
-            "junk": classes.flags.tolist(),
-            "junk_reason": list(classes.reason),
-            "junk_score": classes.scores.tolist(),
-            "junk_fraction": classes.junk_fraction.tolist(),
-            "resolution_angstrom": [
-                None if not np.isfinite(r) else float(r) for r in classes.resolution_angstrom
-            ],
-            "consistent": classes.consistent.tolist(),
-        },
-        class_averages=shown,
-        class_junk=classes.flags,
-        info={"run_id": run_id, "input": str(source.resolve()), "versions": software_versions()},
-    )
-    timings = {
-        s: folder.summary(s)["seconds"] for s in ("features", "fit", "embed", "averages", "junk")
-    }
-    timings["outputs"] = round(time.perf_counter() - t0, 3)
-    fit_summary = folder.summary("fit")
-    info = {
-        "run_id": run_id,
-        "input": {"path": str(source.resolve()), "kind": stack.kind},
-        "n_particles": len(stack),
-        "n_skipped": int(feat["n_skipped"]),
-        "n_duplicate_rows": int(getattr(stack, "n_duplicates", 0)),
-        "n_classes": k,
-        "n_junk_classes": int(classes.flags.sum()),
-        "n_junk_particles": n_junk,
-        "n_junk_by_reason": folder.summary("junk")["n_junk_by_reason"],
-        "n_consistent_classes": int(classes.consistent.sum()),
-        "box_size": box_out,
-        "pixel_size_angstrom": apix,
-        "input_box_size": stack.box_size,
-        "input_pixel_size_angstrom": stack.pixel_size_angstrom,
-        "examples_per_class": cfg.examples_per_class,
-        "n_pca_components": fit_summary["n_pca_components"],
-        "n_features": feat["n_features"],
-        "n_fit": fit_summary["n_fit"],
-        "bic": fit_summary["bic"],
-        "parameters": cfg.as_dict(),
-        "execution": execution_info,
-        "versions": software_versions(),
-        "timings_s": timings,
-    }
-    _write_interop(out, stack.kind, info)
-    if cfg.atlas:
-        t_atlas = time.perf_counter()
-        _write_atlas(out, info)
-        timings["atlas"] = round(time.perf_counter() - t_atlas, 3)
-    folder.mark_done("outputs", {"seconds": timings["outputs"]})
-    timings["total"] = round(time.perf_counter() - t_start, 3)
-    write_json(out / "run.json", info)  # last: the mark of a complete run
+    labels = embedded.labels
     return RunResult(
-        out,
+        folder.path,
         labels,
-        prob,
-        emb,
+        embedded.probabilities,
+        embedded.embedding,
         called.score,
         shown,
-        classes.flags,
-        int(feat["n_skipped"]),
-        timings,
+        called.classes.flags,
+        int(info["n_skipped"]),
+        info["timings_s"],
         called.junk,
     )
-
-
-def _write_interop(out: Path, kind: str, info: dict[str, Any]) -> None:
-    """RELION's Class2D view of the run (Subset selection opens it), and cryoSPARC's
-    classification fields and templates for a .cs input."""
-    from cryomanifold.interop import write_cryosparc_classification, write_relion_classification
-
-    write_relion_classification(out, run_info=info)
-    if kind == "cs":
-        write_cryosparc_classification(out, run_info=info)
-
-
-def _write_atlas(out: Path, info: dict[str, Any]) -> None:
-    from cryomanifold.atlas import write_atlas_html
-
-    write_atlas_html(out, overwrite=True, run_info=info)
 
 
 def recluster(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,9 +21,14 @@ import numpy.typing as npt
 from cryomanifold._atomic import atomic_path
 from cryomanifold.stages.junk import ClassTable
 
+if TYPE_CHECKING:
+    from cryomanifold.stages.config import RunConfig
+    from cryomanifold.stages.folder import RunFolder
+
 __all__ = [
     "CLASSES_CSV_COLUMNS",
     "annotation_columns",
+    "run_outputs",
     "software_versions",
     "write_class_files",
     "write_classes_csv",
@@ -211,3 +218,134 @@ def write_class_files(
     write_mrcs(folder / "class_averages.mrcs", averages, pixel_size_angstrom, overwrite=True)
     write_mrcs(folder / "class_examples.mrcs", examples, pixel_size_angstrom, overwrite=True)
     write_classes_csv(folder / "classes.csv", centroids, table)
+
+
+def run_outputs(
+    folder: RunFolder,
+    stack: Any,
+    source: Path,
+    cfg: RunConfig,
+    manifold: Any,
+    embedded: Any,
+    called: Any,
+    avg: Any,
+    apix: float,
+    execution_info: dict[str, Any],
+    t_start: float,
+) -> tuple[dict[str, Any], npt.NDArray[np.float32]]:
+    """Write the run folder's files, ``run.json`` last; returns run.json's content and
+    the class averages as shown (blank where no consistent particle was found)."""
+    from cryomanifold.modelfile import save_model
+    from cryomanifold.plot import plot_map
+    from cryomanifold.stages.fit import feature_settings
+
+    t0 = time.perf_counter()
+    out = folder.path
+    labels, prob, emb = embedded.labels, embedded.probabilities, embedded.embedding
+    good = labels >= 0
+    k = manifold.n_classes_
+    classes = called.classes
+    centroids = manifold.class_centroids()
+    # a class with no consistent particle is shown blank, never as the particle-like
+    # average that aligning noise produces (stages/junk.py)
+    shown = np.where(classes.no_particle[:, None, None], np.float32(0), avg.averages)
+    write_particles(out, stack, labels, prob, emb, called.score, called.junk, called.reason)
+    write_class_files(out, shown, avg.examples, apix, centroids, classes)
+    write_npy(out / "embedding.npy", emb)
+    n_good = int(good.sum())
+    n_junk = int(called.junk[good].sum())
+    plot_map(
+        emb[good],
+        labels[good],
+        shown,
+        out / "map.png",
+        centroids=centroids,
+        junk=classes.flags,
+        title=f"{source.name}: {n_good} particles ({n_junk} junk), {k} classes "
+        f"({int(classes.flags.sum())} flagged)",
+    )
+    feat = folder.summary("features")
+    box_out = int(avg.averages.shape[-1])
+    run_id = uuid.uuid4().hex
+    save_model(
+        folder.model_dir,
+        manifold,
+        settings=feature_settings(
+            cfg,
+            {
+                "box": box_out,
+                "pixel_size_angstrom": apix,
+                "n_features": feat["n_features"],
+                "has_ctf": stack.ctf is not None,
+            },
+        ),
+        classes={
+            "size": classes.sizes.tolist(),
+            "junk": classes.flags.tolist(),
+            "junk_reason": list(classes.reason),
+            "junk_score": classes.scores.tolist(),
+            "junk_fraction": classes.junk_fraction.tolist(),
+            "resolution_angstrom": [
+                None if not np.isfinite(r) else float(r) for r in classes.resolution_angstrom
+            ],
+            "consistent": classes.consistent.tolist(),
+        },
+        class_averages=shown,
+        class_junk=classes.flags,
+        info={"run_id": run_id, "input": str(source.resolve()), "versions": software_versions()},
+    )
+    timings = {
+        s: folder.summary(s)["seconds"] for s in ("features", "fit", "embed", "averages", "junk")
+    }
+    timings["outputs"] = round(time.perf_counter() - t0, 3)
+    fit_summary = folder.summary("fit")
+    info = {
+        "run_id": run_id,
+        "input": {"path": str(source.resolve()), "kind": stack.kind},
+        "n_particles": len(stack),
+        "n_skipped": int(feat["n_skipped"]),
+        "n_duplicate_rows": int(getattr(stack, "n_duplicates", 0)),
+        "n_classes": k,
+        "n_junk_classes": int(classes.flags.sum()),
+        "n_junk_particles": n_junk,
+        "n_junk_by_reason": folder.summary("junk")["n_junk_by_reason"],
+        "n_consistent_classes": int(classes.consistent.sum()),
+        "box_size": box_out,
+        "pixel_size_angstrom": apix,
+        "input_box_size": stack.box_size,
+        "input_pixel_size_angstrom": stack.pixel_size_angstrom,
+        "examples_per_class": cfg.examples_per_class,
+        "n_pca_components": fit_summary["n_pca_components"],
+        "n_features": feat["n_features"],
+        "n_fit": fit_summary["n_fit"],
+        "bic": fit_summary["bic"],
+        "parameters": cfg.as_dict(),
+        "execution": execution_info,
+        "versions": software_versions(),
+        "timings_s": timings,
+    }
+    _write_interop(out, stack.kind, info)
+    if cfg.atlas:
+        t_atlas = time.perf_counter()
+        _write_atlas(out, info)
+        timings["atlas"] = round(time.perf_counter() - t_atlas, 3)
+    folder.mark_done("outputs", {"seconds": timings["outputs"]})
+    timings["total"] = round(time.perf_counter() - t_start, 3)
+    write_json(out / "run.json", info)  # last: the mark of a complete run
+    return info, shown
+
+
+def _write_interop(out: Path, kind: str, info: dict[str, Any]) -> None:
+    """RELION's Class2D view of the run (Subset selection opens it), and cryoSPARC's
+    classification fields and templates for a .cs input."""
+    from cryomanifold.interop import write_cryosparc_classification, write_relion_classification
+
+    write_relion_classification(out, run_info=info)
+    if kind == "cs":
+        write_cryosparc_classification(out, run_info=info)
+
+
+def _write_atlas(out: Path, info: dict[str, Any]) -> None:
+    from cryomanifold.atlas import write_atlas_html
+
+    write_atlas_html(out, overwrite=True, run_info=info)
