@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,12 @@ __all__ = ["plot_map"]
 
 
 def _contrast(img: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    """Scale an image to [0, 1] between its 1st and 99th percentiles."""
+    """Scale an image to [0, 1] between its 1st and 99th percentiles (a blank image:
+    mid-grey)."""
     lo, hi = np.percentile(img, [1, 99])
-    return np.clip((img - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    if not hi > lo:
+        return np.full(img.shape, 0.5)
+    return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
 
 
 def _spread(
@@ -95,6 +99,7 @@ def plot_map(
     *,
     centroids: npt.ArrayLike | None = None,
     junk: npt.ArrayLike | None = None,
+    notes: Sequence[str] | None = None,
     title: str | None = None,
     dpi: int = 200,
     inset_size: float | None = None,
@@ -117,6 +122,9 @@ def plot_map(
         Output PNG (written atomically).
     centroids : array_like, shape (K, 2), optional
         Inset positions; default the median of each class's points.
+    notes : sequence of str, optional
+        A word per class after its number (default: "junk" for junk classes), e.g.
+        "no particle" for a class whose average is shown blank.
     junk : array_like of bool, shape (K,), optional
         Junk flags; junk classes get a red frame and label.
     title : str, optional
@@ -205,7 +213,9 @@ def plot_map(
             )
         )
         ax.annotate(
-            f"{k + 1}{' junk' if flags[k] else ''}",
+            f"{k + 1} {notes[int(k)]}".rstrip()
+            if notes is not None
+            else f"{k + 1}{' junk' if flags[k] else ''}",
             tuple(boxes[k]),
             xytext=(0, -0.6 * inset_size * fig.get_figwidth() * 72),
             ha="center",

@@ -261,6 +261,10 @@ def run_outputs(
         out / "map.png",
         centroids=centroids,
         junk=classes.flags,
+        notes=[
+            "no particle" if classes.no_particle[c] else ("junk" if classes.flags[c] else "")
+            for c in range(k)
+        ],
         title=f"{source.name}: {n_good} particles ({n_junk} junk), {k} classes "
         f"({int(classes.flags.sum())} flagged)",
     )
