@@ -160,16 +160,30 @@ def timed_run(star: Path, out: Path, extra: list[str]) -> dict[str, Any]:
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    cpu = [re.search(rf"{k} time \(seconds\): ([\d.]+)", proc.stderr) for k in ("User", "System")]
+    cpu_s = sum(float(m.group(1)) for m in cpu if m) if all(cpu) else None
     info = json.loads((out / "run.json").read_text())
     return {
         "n_particles": info["n_particles"],
         "n_fit": info.get("n_fit"),
         "n_classes": info["n_classes"],
         "wall_s": round(wall, 1),
+        # the cores the run got on average: 2 on a quiet 2-core machine
+        "cpu_s": None if cpu_s is None else round(cpu_s, 1),
+        "cores_used": None if cpu_s is None else round(cpu_s / wall, 2),
+        "load_before": _loadavg(),
         "peak_rss_mib": round(int(peak.group(1)) / 1024, 1) if peak else None,
         "timings_s": info["timings_s"],
         "args": extra,
     }
+
+
+def _loadavg() -> float | None:
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except OSError:  # pragma: no cover - not Linux
+        return None
 
 
 def quality(star: Path, out: Path, *, views: bool = False) -> dict[str, Any]:
@@ -290,6 +304,7 @@ def _markdown(r: dict[str, Any]) -> str:
                 g["n_particles"],
                 g["n_fit"],
                 g["wall_s"],
+                g.get("cores_used", "n/a"),
                 g["peak_rss_mib"],
                 t.get("features"),
                 t.get("fit"),
