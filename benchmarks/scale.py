@@ -236,7 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-samples", type=int, nargs="+", default=[0, 20_000])
     p.add_argument("--dask-size", type=int, default=50_000, help="size of the worker study")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="rewrite scale.md from scale.json")
     args = p.parse_args(argv)
+    if args.report_only:
+        from _common import RESULTS
+
+        data = json.loads((RESULTS / "scale.json").read_text())
+        write_results("scale", data, _markdown(data), overwrite=True)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
     base = simulate_base(args.work, max(args.sizes))
@@ -315,35 +322,40 @@ def _markdown(r: dict[str, Any]) -> str:
                 q.get("junk_f1", "n/a"),
             ]
         )
-    lines += md_table(
-        [
-            "N",
-            "fit on",
-            "wall s",
-            "peak MiB",
-            "features",
-            "fit",
-            "embed",
-            "averages",
-            "outputs",
-            "ARI",
-            "junk F1",
-        ],
-        rows,
+    lines.append(
+        md_table(
+            [
+                "N",
+                "fit on",
+                "wall s",
+                "cores used",
+                "peak MiB",
+                "features",
+                "fit",
+                "embed",
+                "averages",
+                "outputs",
+                "ARI",
+                "junk F1",
+            ],
+            rows,
+        )
     )
     lines += ["", "## Fit sample (same data)", ""]
-    lines += md_table(
-        ["fit sample", "wall s", "ARI", "junk F1", "views T20S", "views rubisco"],
-        [
+    lines.append(
+        md_table(
+            ["fit sample", "wall s", "ARI", "junk F1", "views T20S", "views rubisco"],
             [
-                s["fit_sample"],
-                s["wall_s"],
-                s["quality"]["species_ari"],
-                s["quality"]["junk_f1"],
-                *s["quality"]["view_coherence"].values(),
-            ]
-            for s in r["fit_sample"]
-        ],
+                [
+                    s["fit_sample"],
+                    s["wall_s"],
+                    s["quality"]["species_ari"],
+                    s["quality"]["junk_f1"],
+                    *s["quality"]["view_coherence"].values(),
+                ]
+                for s in r["fit_sample"]
+            ],
+        )
     )
     d = r["dask"]
     lines += [
@@ -355,12 +367,14 @@ def _markdown(r: dict[str, Any]) -> str:
         f"threaded run: {d['two_workers_same_classes_as_threads']}",
         "",
     ]
-    lines += md_table(
-        ["scheduler", "wall s", "features s", "peak MiB (driver)"],
-        [
-            [k, v["wall_s"], v["timings_s"]["features"], v["peak_rss_mib"]]
-            for k, v in d["runs"].items()
-        ],
+    lines.append(
+        md_table(
+            ["scheduler", "wall s", "features s", "peak MiB (driver)"],
+            [
+                [k, v["wall_s"], v["timings_s"]["features"], v["peak_rss_mib"]]
+                for k, v in d["runs"].items()
+            ],
+        )
     )
     return "\n".join(lines) + "\n"
 
