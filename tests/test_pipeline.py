@@ -198,3 +198,56 @@ def test_demo_refuses_a_folder_that_holds_files(tmp_path, capsys):
     assert cli_main(["demo", "--out", str(tmp_path), "--quiet"]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.fixture(scope="module")
+def refined_run(project, tmp_path_factory):
+    star, *_ = project
+    out = tmp_path_factory.mktemp("refined") / "out"
+    res = run(star, out, RunConfig(seed=0, progress=False, atlas=False, refine=True))
+    return res, out
+
+
+def _majority_purity(labels: np.ndarray, truth: np.ndarray) -> float:
+    """Share of particles whose class's most common truth label is their own."""
+    hits = 0
+    for c in np.unique(labels):
+        _, counts = np.unique(truth[labels == c], return_counts=True)
+        hits += int(counts.max())
+    return hits / labels.size
+
+
+def test_refine_stage_gives_the_runs_classes(refined_run, result, project):
+    """With refine=True the second stage's classes are the run's: particles.star,
+    classes.csv and class_averages.mrcs agree with them, refined_features.npy holds
+    the vectors they come from, features.npy and the model keep the map."""
+    res, out = refined_run
+    _, map_out = result
+    _, images, truth, _ = project
+    info = json.loads((out / "run.json").read_text())
+    assert info["refine"]["n_fine_classes"] > 0 and info["refine"]["n_refined"] > 0
+    k = info["n_classes"]
+    parts = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    np.testing.assert_array_equal(parts["rlnClassNumber"].to_numpy(), res.labels + 1)
+    assert parts["rlnClassNumber"].between(1, k).all()
+    classes = pd.read_csv(out / "classes.csv")
+    assert len(classes) == k and classes["size"].sum() == len(images)
+    np.testing.assert_array_equal(classes["size"], np.bincount(res.labels, minlength=k))
+    with mrcfile.open(out / "class_averages.mrcs") as m:
+        assert m.data.shape[0] == k
+    scores = np.load(out / "refined_features.npy")
+    assert scores.shape == (len(images), info["refine"]["n_features"])
+    fine = classes["junk"].to_numpy() == 0
+    np.testing.assert_allclose(np.load(out / "features.npy"), np.load(map_out / "features.npy"))
+    assert info["n_map_classes"] == json.loads((map_out / "run.json").read_text())["n_classes"]
+    # species stay apart, junk stays called, the fine classes' halves are consistent
+    good = ~is_junk_label(truth)
+    assert _majority_purity(res.labels[good], truth[good]) > 0.95
+    scores_pr = junk_precision_recall(res.junk, truth)
+    assert scores_pr.precision > 0.8 and scores_pr.recall > 0.8, scores_pr
+    assert classes.loc[fine, "consistent"].mean() > 0.8
+    assert np.isfinite(classes.loc[fine, "resolution_angstrom"]).all()
+    # CLI: --max-refined-classes alone is refused
+    with pytest.raises(SystemExit):
+        cli_main(["run", "x.star", "--out", "y", "--max-refined-classes", "4"])
+

@@ -3,7 +3,7 @@
 A run is a sequence of stages (:mod:`cryomanifold.stages`), each reading and writing
 named artefacts in the run folder::
 
-    read → features → fit → embed → averages → junk → outputs (run.json last)
+    read → features → fit → embed → averages → junk → refine → outputs (run.json last)
 
 :func:`run` chains them; with ``resume=True`` it continues an interrupted run from
 the last finished chunk or stage, and gives the same classes as an uninterrupted
@@ -180,6 +180,7 @@ _REPORT = {
     "embed": ("n_transformed", "n_classes"),
     "averages": ("n_classes", "n_consistent"),
     "junk": ("n_junk", "n_junk_classes", "n_no_particle_classes"),
+    "refine": ("n_refined", "n_fine_classes", "n_carried_classes", "n_no_fit"),
 }
 
 
@@ -204,7 +205,8 @@ def _run_stages(
 ) -> RunResult:
     from cryomanifold.modelfile import load_model
     from cryomanifold.parallel import TaskRunner
-    from cryomanifold.stages import averages, embed, features, fit, junk
+    from cryomanifold.stages import averages, embed, features, fit, junk, refine
+    from cryomanifold.stages.classes import final_classes
 
     n = len(stack)
     if n < 3:
@@ -262,19 +264,18 @@ def _run_stages(
             _, summary = junk.run_junk(folder, measures, embedded, avg, apix)
             _finish(folder, "junk", summary)
         called = junk.load_junk(folder)
+        if not folder.is_done("refine"):
+            summary = {"skipped": True, "seconds": 0.0}
+            if cfg.refine:
+                _, summary = refine.run_refine(
+                    folder, stack, cfg, embedded, avg, called, box_out, apix, runner
+                )
+            _finish(folder, "refine", summary)
+        refined = refine.load_refined(folder) if cfg.refine else None
+        final = final_classes(folder, called, avg, refined, measures, apix)
         execution_info = runner.describe()
     return _write_outputs(
-        folder,
-        stack,
-        source,
-        cfg,
-        manifold,
-        embedded,
-        called,
-        avg,
-        apix,
-        execution_info,
-        t_start,
+        folder, stack, source, cfg, manifold, embedded, final, apix, execution_info, t_start
     )
 
 
@@ -291,8 +292,7 @@ def _write_outputs(
     cfg: RunConfig,
     manifold: Any,
     embedded: Any,
-    called: Any,
-    avg: Any,
+    final: Any,
     apix: float,
     execution_info: dict[str, Any],
     t_start: float,
@@ -300,20 +300,19 @@ def _write_outputs(
     from cryomanifold.stages.outputs import run_outputs
 
     info, shown = run_outputs(
-        folder, stack, source, cfg, manifold, embedded, called, avg, apix, execution_info, t_start
+        folder, stack, source, cfg, manifold, embedded, final, apix, execution_info, t_start
     )
-    labels = embedded.labels
     return RunResult(
         folder.path,
-        labels,
-        embedded.probabilities,
+        final.labels,
+        final.probabilities,
         embedded.embedding,
-        called.score,
+        final.called.score,
         shown,
-        called.classes.flags,
+        final.table.flags,
         int(info["n_skipped"]),
         info["timings_s"],
-        called.junk,
+        final.called.junk,
     )
 
 

@@ -9,7 +9,10 @@ INPUT is a RELION .star (3.0 or 3.1+), a cryoSPARC .cs, or a bare .mrcs stack.
 The output folder receives particles.star (every input row plus the class,
 probability, UMAP coordinates and junk call), class_averages.mrcs, classes.csv,
 features.npy, embedding.npy, map.png, atlas.html, the fitted model (model/) and
-run.json, written last.
+run.json, written last. With --refine, a second stage (multi-reference alignment
+from the map's classes, in its good region) makes finer classes with sharper
+averages; they are the run's classes, and refined_features.npy holds the vectors
+they come from.
 """
 
 from __future__ import annotations
@@ -87,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-phase-flip", action="store_true", help="do not phase-flip the class averages"
     )
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="second stage: align the map's good particles to its class averages and "
+        "classify them into finer classes (views) with sharper averages; slower",
+    )
+    p.add_argument(
+        "--max-refined-classes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --refine: most classes the second stage may make (default 200; bounds its "
+        "cost per particle)",
+    )
     p.add_argument("--no-atlas", action="store_true", help="do not write atlas.html")
     p.add_argument(
         "--datadir",
@@ -114,10 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryomanifold run`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_refined_classes is not None and not args.refine:
+        parser.error("--max-refined-classes needs --refine")
     from cryomanifold.pipeline import RunConfig, run
 
     feature_options = {} if args.n_max is None else {"n_max": args.n_max}
+    refine_options = (
+        {} if args.max_refined_classes is None else {"max_classes": args.max_refined_classes}
+    )
     apply_thread_limit(args.threads)
     cfg = RunConfig(
         box=args.box,
@@ -131,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         atlas=not args.no_atlas,
         progress=not args.quiet,
         feature_options=feature_options,
+        refine=args.refine,
+        refine_options=refine_options,
     )
     result = run(
         args.input,

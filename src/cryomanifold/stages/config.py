@@ -75,6 +75,14 @@ class RunConfig:
     particle_diameter_angstrom : float or None
         Expected particle diameter; sets the junk score's central region. Default:
         0.6 of the box.
+    refine : bool
+        Run the second, phase-keeping stage (:mod:`cryomanifold.stages.refine`):
+        multi-reference alignment from the map's class averages, in the map's good
+        region, into fine classes with sharp averages. Off (default): the map's
+        classes are the run's classes.
+    refine_options : dict
+        Keyword arguments of :class:`cryomanifold.refine.RefineSettings` (for
+        example ``target_size``, ``max_classes``, ``n_iter``).
     atlas : bool
         Also write the interactive ``atlas.html``.
     progress : bool
@@ -99,6 +107,8 @@ class RunConfig:
     max_members: int = 300
     examples_per_class: int = 8
     particle_diameter_angstrom: float | None = None
+    refine: bool = False
+    refine_options: dict[str, Any] = field(default_factory=dict)
     atlas: bool = True
     progress: bool = True
 
@@ -117,6 +127,18 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 100:
                 raise ValueError(f"{name} must be at least 100 (or None for all); got {value}")
+        if self.refine_options:
+            from cryomanifold.refine import RefineSettings
+
+            known = {f.name for f in dataclasses.fields(RefineSettings)}
+            known -= {"pixel_size_angstrom", "seed"}
+            unknown = sorted(set(self.refine_options) - known)
+            if unknown:
+                raise ValueError(
+                    f"unknown refine option(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+            RefineSettings(pixel_size_angstrom=1.0, **self.refine_options)  # checks values
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready parameters."""

@@ -27,7 +27,7 @@ from cryomanifold.stages.config import RunConfig
 __all__ = ["STAGES", "RunFolder", "RunFolderError"]
 
 #: The stages in order; each one's results are recorded in ``stages/state.json``.
-STAGES = ("features", "fit", "embed", "averages", "junk", "outputs")
+STAGES = ("features", "fit", "embed", "averages", "junk", "refine", "outputs")
 
 LOCK_NAME = ".cryomanifold.lock"
 STATE_VERSION = 1
@@ -40,6 +40,7 @@ RUN_OUTPUTS = (
     "class_examples.mrcs",
     "classes.csv",
     "features.npy",
+    "refined_features.npy",  # the refine stage's vectors (run --refine)
     "embedding.npy",
     "map.png",
     "atlas.html",

@@ -68,6 +68,7 @@ class JunkResult:
     score: npt.NDArray[np.float32]  # (n,) probability-like score of being junk
     reason: npt.NDArray[np.object_]  # (n,) str, "" when not junk
     classes: ClassTable
+    no_signal: npt.NDArray[np.bool_] | None = None  # (n,) own signal test failed
 
 
 def class_table(
@@ -181,6 +182,7 @@ def run_junk(
             junk=junk,
             score=score,
             reason=codes,
+            no_signal=no_signal,
             **{
                 f"class_{f.name}": getattr(table, f.name)
                 for f in fields(table)
@@ -196,7 +198,7 @@ def run_junk(
         "n_no_particle_classes": int(table.no_particle.sum()),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    return JunkResult(junk, score, reason, table), summary
+    return JunkResult(junk, score, reason, table, no_signal), summary
 
 
 def load_junk(folder: RunFolder) -> JunkResult:
@@ -208,4 +210,5 @@ def load_junk(folder: RunFolder) -> JunkResult:
             **{f.name: data[f"class_{f.name}"] for f in fields(ClassTable) if f.name != "reason"},
             reason=list(summary["class_reasons"]),
         )
-        return JunkResult(data["junk"], data["score"], names[data["reason"]], table)
+        no_signal = data["no_signal"] if "no_signal" in data.files else None
+        return JunkResult(data["junk"], data["score"], names[data["reason"]], table, no_signal)

@@ -22,6 +22,7 @@ from cryomanifold._atomic import atomic_path
 from cryomanifold.stages.junk import ClassTable
 
 if TYPE_CHECKING:
+    from cryomanifold.stages.classes import FinalClasses
     from cryomanifold.stages.config import RunConfig
     from cryomanifold.stages.folder import RunFolder
 
@@ -227,31 +228,37 @@ def run_outputs(
     cfg: RunConfig,
     manifold: Any,
     embedded: Any,
-    called: Any,
-    avg: Any,
+    final: FinalClasses,
     apix: float,
     execution_info: dict[str, Any],
     t_start: float,
 ) -> tuple[dict[str, Any], npt.NDArray[np.float32]]:
     """Write the run folder's files, ``run.json`` last; returns run.json's content and
-    the class averages as shown (blank where no consistent particle was found)."""
+    the class averages as shown (blank where no consistent particle was found).
+
+    ``final`` holds the classes the run reports: the refine stage's, or the map's;
+    the model (``model/``) always holds the map and its own classes.
+    """
     from cryomanifold.modelfile import save_model
     from cryomanifold.plot import plot_map
+    from cryomanifold.stages.classes import class_centroids, link_or_copy
     from cryomanifold.stages.fit import feature_settings
 
     t0 = time.perf_counter()
     out = folder.path
-    labels, prob, emb = embedded.labels, embedded.probabilities, embedded.embedding
+    labels, prob, emb = final.labels, final.probabilities, embedded.embedding
+    called, avg, classes = final.called, final.averages, final.table
     good = labels >= 0
-    k = manifold.n_classes_
-    classes = called.classes
-    centroids = manifold.class_centroids()
+    k = int(classes.sizes.size)
+    centroids = class_centroids(emb, labels, k) if final.refined else manifold.class_centroids()
     # a class with no consistent particle is shown blank, never as the particle-like
     # average that aligning noise produces (stages/junk.py)
     shown = np.where(classes.no_particle[:, None, None], np.float32(0), avg.averages)
     write_particles(out, stack, labels, prob, emb, called.score, called.junk, called.reason)
     write_class_files(out, shown, avg.examples, apix, centroids, classes)
     write_npy(out / "embedding.npy", emb)
+    if final.refined:
+        link_or_copy(final.features, out / "refined_features.npy")
     n_good = int(good.sum())
     n_junk = int(called.junk[good].sum())
     plot_map(
@@ -271,6 +278,7 @@ def run_outputs(
     feat = folder.summary("features")
     box_out = int(avg.averages.shape[-1])
     run_id = uuid.uuid4().hex
+    map_table, map_shown = final.map_classes()
     save_model(
         folder.model_dir,
         manifold,
@@ -283,23 +291,14 @@ def run_outputs(
                 "has_ctf": stack.ctf is not None,
             },
         ),
-        classes={
-            "size": classes.sizes.tolist(),
-            "junk": classes.flags.tolist(),
-            "junk_reason": list(classes.reason),
-            "junk_score": classes.scores.tolist(),
-            "junk_fraction": classes.junk_fraction.tolist(),
-            "resolution_angstrom": [
-                None if not np.isfinite(r) else float(r) for r in classes.resolution_angstrom
-            ],
-            "consistent": classes.consistent.tolist(),
-        },
-        class_averages=shown,
-        class_junk=classes.flags,
+        classes=map_table,
+        class_averages=map_shown,
+        class_junk=final.called.classes.flags,
         info={"run_id": run_id, "input": str(source.resolve()), "versions": software_versions()},
     )
     timings = {
-        s: folder.summary(s)["seconds"] for s in ("features", "fit", "embed", "averages", "junk")
+        s: folder.summary(s)["seconds"]
+        for s in ("features", "fit", "embed", "averages", "junk", "refine")
     }
     timings["outputs"] = round(time.perf_counter() - t0, 3)
     fit_summary = folder.summary("fit")
@@ -310,6 +309,7 @@ def run_outputs(
         "n_skipped": int(feat["n_skipped"]),
         "n_duplicate_rows": int(getattr(stack, "n_duplicates", 0)),
         "n_classes": k,
+        "n_map_classes": int(manifold.n_classes_),
         "n_junk_classes": int(classes.flags.sum()),
         "n_junk_particles": n_junk,
         "n_junk_by_reason": folder.summary("junk")["n_junk_by_reason"],
@@ -321,6 +321,7 @@ def run_outputs(
         "examples_per_class": cfg.examples_per_class,
         "n_pca_components": fit_summary["n_pca_components"],
         "n_features": feat["n_features"],
+        "refine": _refine_info(folder),
         "n_fit": fit_summary["n_fit"],
         "bic": fit_summary["bic"],
         "parameters": cfg.as_dict(),
@@ -337,6 +338,13 @@ def run_outputs(
     timings["total"] = round(time.perf_counter() - t_start, 3)
     write_json(out / "run.json", info)  # last: the mark of a complete run
     return info, shown
+
+
+def _refine_info(folder: RunFolder) -> dict[str, Any]:
+    """What run.json says about the refine stage."""
+    summary = folder.summary("refine")
+    keys = ("skipped", "n_refined", "n_no_fit", "n_fine_classes", "n_carried_classes", "n_features")
+    return {k: summary[k] for k in keys if k in summary}
 
 
 def _write_interop(out: Path, kind: str, info: dict[str, Any]) -> None:
