@@ -250,4 +250,3 @@ def test_refine_stage_gives_the_runs_classes(refined_run, result, project):
     # CLI: --max-refined-classes alone is refused
     with pytest.raises(SystemExit):
         cli_main(["run", "x.star", "--out", "y", "--max-refined-classes", "4"])
-
