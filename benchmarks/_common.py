@@ -265,11 +265,20 @@ class RunOutputs:
     info: dict[str, Any]
 
 
-def read_run_outputs(out_dir: Path) -> RunOutputs:
-    """Read particles.star, classes.csv, features.npy, class_averages.mrcs and run.json."""
+def read_run_outputs(out_dir: Path, stage: str = "final") -> RunOutputs:
+    """Read particles.star, classes.csv, features.npy, class_averages.mrcs and run.json.
+
+    ``stage="final"``: the run's classes; with the refine stage, its features are
+    refined_features.npy (the vectors the classes come from). ``stage="map"``: the
+    first stage of the same run (the map's classes, per-particle junk call, class
+    averages and invariants, from the run's stage artefacts).
+    """
     import mrcfile
     import pandas as pd
     import starfile
+
+    if stage == "map":
+        return _read_map_stage(out_dir)
 
     particles = starfile.read(out_dir / "particles.star", always_dict=True)["particles"]
     labels = particles["rlnClassNumber"].to_numpy(np.int64) - 1
@@ -289,9 +298,45 @@ def read_run_outputs(out_dir: Path) -> RunOutputs:
         junk=junk,
         junk_score=particles["cmJunkScore"].to_numpy(np.float64),
         class_junk=class_junk,
-        features=np.load(out_dir / "features.npy"),
+        features=np.load(
+            out_dir / "refined_features.npy"
+            if (out_dir / "refined_features.npy").is_file()
+            else out_dir / "features.npy"
+        ),
         class_averages=averages,
         pixel_size_angstrom=float(info.get("pixel_size_angstrom", pixel)),
+        particles=particles,
+        info=info,
+    )
+
+
+def _read_map_stage(out_dir: Path) -> RunOutputs:
+    """The first stage's results of a run (see :func:`read_run_outputs`)."""
+    import starfile
+
+    from cryomanifold.stages.averages import load_averages
+    from cryomanifold.stages.embed import load_embedding
+    from cryomanifold.stages.folder import RunFolder
+    from cryomanifold.stages.junk import load_junk
+
+    folder = RunFolder(out_dir)
+    folder.read_state()
+    info = json.loads((out_dir / "run.json").read_text())
+    particles = starfile.read(out_dir / "particles.star", always_dict=True)["particles"]
+    embedded = load_embedding(folder)
+    called = load_junk(folder)
+    k = int(called.classes.flags.size)
+    averages = load_averages(
+        folder, k, int(info["box_size"]), int(info["examples_per_class"])
+    ).averages
+    return RunOutputs(
+        labels=embedded.labels,
+        junk=np.asarray(called.junk, bool),
+        junk_score=np.asarray(called.score, np.float64),
+        class_junk=np.asarray(called.classes.flags, bool),
+        features=np.load(out_dir / "features.npy"),
+        class_averages=averages,
+        pixel_size_angstrom=float(info["pixel_size_angstrom"]),
         particles=particles,
         info=info,
     )
