@@ -30,8 +30,7 @@ class FinalClasses:
     probabilities: npt.NDArray[np.float32]  # (n,)
     averages: Any  # stages.averages.ClassAverages of the K classes
     table: Any  # stages.junk.ClassTable of the K classes
-    called: Any  # stages.junk.JunkResult: the per-particle call (with the refine stage's
-    # no-fit particles) and the map's class table
+    called: Any  # stages.junk.JunkResult: the per-particle call and the map's class table
     map_averages: Any  # the map classes' ClassAverages (saved with the model)
     features: Path  # the (n, d) vectors the classes come from
     refined: bool  # the refine stage's classes (else the map's)
@@ -78,15 +77,14 @@ def final_classes(
             folder.output("features.npy"),
             False,
         )
-    from cryomanifold.stages.refine import final_call, final_class_table, scores_path
+    from cryomanifold.stages.refine import final_class_table, scores_path
 
-    call = final_call(called, refined)
     return FinalClasses(
         refined.labels,
         refined.probabilities,
         refined.averages,
-        final_class_table(refined, call, measures, pixel_size_angstrom),
-        call,
+        final_class_table(refined, called, measures, pixel_size_angstrom),
+        called,
         avg,
         scores_path(folder),
         True,
