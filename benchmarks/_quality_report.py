@@ -97,9 +97,9 @@ def markdown(data: dict[str, Any], png_name: str = "quality_snr.png") -> str:
             "\nBoth rows of a dose come from one run (`RunConfig(refine=True)`): 'map' scores "
             "the first stage's classes, per-particle junk call, class averages and invariants "
             "(features.npy) from the run's stage artefacts, with the run's wall time minus the "
-            "refine stage; 'map + refine' scores the run's final classes, its junk call (with "
-            "the refine stage's no-fit particles) and refined_features.npy, with the whole "
-            "wall time. The goals are read on the final classes.\n"
+            "refine stage; 'map + refine' scores the run's final classes (the junk call is the "
+            "first stage's) and refined_features.npy, with the whole wall time. The goals "
+            "are read on the final classes.\n"
         )
     lines.append(
         "\n10-NN within 10°: share of each particle's 10 nearest neighbours in the vectors the "

@@ -57,6 +57,12 @@ SECTIONS = [
         "python benchmarks/quality.py --overwrite   # ~20 min of CPU; stacks cached in --work",
     ),
     (
+        "quality_refine",
+        "Classification quality with the second stage (run --refine)",
+        "python benchmarks/quality.py --presets realistic --refine --no-betagal "
+        "--name quality_refine --overwrite   # ~40 min on 2 cores; stacks cached in --work",
+    ),
+    (
         "quality_pair",
         "Classification quality: T20S + rubisco at the earlier settings",
         "python benchmarks/quality.py --species 3j9i 1bxn --doses 20 --box 256 --pixel-size 1.0 "
@@ -121,8 +127,10 @@ def _load(name: str) -> dict[str, Any] | None:
 
 def _goals() -> list[str]:
     out = []
-    q = _load("quality")
-    if q:
+    for name, label in (("quality", "first stage"), ("quality_refine", "with --refine")):
+        q = _load(name)
+        if not q:
+            continue
         runs = [r for r in q["runs"].values() if r.get("preset") == "realistic"]
         runs = [r for r in runs if r["dose"] >= q.get("goal_min_dose", 20.0)]
         if runs:
@@ -132,9 +140,10 @@ def _goals() -> list[str]:
             res = max(r["class_frc05_median_angstrom"] for r in runs)
             g = q["goals"]
             out.append(
-                f"- Realistic imaging, {doses}: species ARI ≥ {g['species_ari']}: worst "
-                f"{ari:.3f} ({'met' if ari >= g['species_ari'] else 'NOT met'}); junk F1 ≥ "
-                f"{g['junk_f1']}: worst {f1:.3f} ({'met' if f1 >= g['junk_f1'] else 'NOT met'}); "
+                f"- Realistic imaging, {doses}, {label}: species ARI ≥ {g['species_ari']}: "
+                f"worst {ari:.3f} ({'met' if ari >= g['species_ari'] else 'NOT met'}); junk F1 "
+                f"≥ {g['junk_f1']}: worst {f1:.3f} "
+                f"({'met' if f1 >= g['junk_f1'] else 'NOT met'}); "
                 f"median class-average FRC-0.5 < {g['class_frc05_median_angstrom']:g} Å: "
                 f"worst {res:.1f} Å "
                 f"({'met' if res < g['class_frc05_median_angstrom'] else 'NOT met'})."

@@ -371,8 +371,16 @@ def main(argv: list[str] | None = None) -> int:
         help="run the second stage too (RunConfig(refine=True)); both stages are scored",
     )
     p.add_argument("--overwrite", action="store_true", help="replace earlier result files")
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite NAME.md from NAME.json and exit"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.report_only:
+        data = json.loads((args.results / f"{args.name}.json").read_text())
+        md = markdown(data, f"{args.name}_snr.png")
+        write_results(args.name, data, md, overwrite=True, out_dir=args.results)
+        return 0
     t_start = time.perf_counter()
     machine = machine_info()
     args.work.mkdir(parents=True, exist_ok=True)
