@@ -44,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -54,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -503,16 +504,23 @@ def quality(star64: Path, pad_factors: Sequence[float | None]) -> list[dict[str,
 # --------------------------------------------------------------------------- baseline
 
 
-def run_baseline(ref: str, star64: Path, star128: Path, repeats: int) -> dict[str, Any]:
-    """Steps and layouts timed with the package as of git ``ref``, in a subprocess."""
+@contextlib.contextmanager
+def package_at(ref: str) -> Iterator[tuple[dict[str, str], Path]]:
+    """An environment whose PYTHONPATH holds the package as of git ``ref`` (a ``git
+    archive`` of ``src/`` in a temporary folder), and that folder."""
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(
             ["git", "archive", ref, "src/cryomanifold"], cwd=root, capture_output=True, check=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        result = Path(tmp) / "baseline.json"
-        env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}
+        yield {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}, Path(tmp)
+
+
+def run_baseline(ref: str, star64: Path, star128: Path, repeats: int) -> dict[str, Any]:
+    """Steps and layouts timed with the package as of git ``ref``, in a subprocess."""
+    with package_at(ref) as (env, tmp):
+        result = tmp / "baseline.json"
         cmd = [sys.executable, __file__, "--_baseline-out", str(result), "--repeats", str(repeats)]
         cmd += ["--_stars", str(star64), str(star128)]
         subprocess.run(cmd, env=env, check=True)

@@ -192,3 +192,82 @@ def test_measures_reject_mismatched_inputs():
     ctf = CTFParams(1e4, 1e4, 0.0, 300.0, 2.7, 0.1)
     with pytest.raises(ValueError, match="CTF"):
         signal_zscore(noise(3, rng), pixel_size_angstrom=APIX, ctf=ctf)
+
+
+def _signal_z_formula(imgs, ctf, radius_px, outer_px):
+    """signal_z as its docstring writes it, in float64 on the whole grid."""
+    import scipy.fft as sfft
+
+    from cryomanifold.ctf import ctf_2d
+    from cryomanifold.preprocess import radial_distance
+
+    box = imgs.shape[-1]
+    ring = np.hypot(sfft.fftfreq(box)[:, None], sfft.rfftfreq(box)[None, :]) * box
+    filt = np.abs(ctf_2d(ctf, box, APIX)) * ((ring >= 2) & (ring <= box / 2))
+    spec = sfft.rfft2(imgs.astype(np.float64))
+    f = sfft.irfft2(spec * filt, s=(box, box))
+    r = radial_distance(box)
+    inner, outer = r < radius_px, r > outer_px
+    t = np.log((f[:, inner] ** 2).mean(axis=1) / (f[:, outer] ** 2).mean(axis=1))
+    # null: stationary noise with the image's ring-averaged power spectrum, filtered
+    idx = np.rint(ring).astype(int)
+    cols = np.arange(box // 2 + 1)
+    mult = np.where((cols == 0) | (2 * cols == box), 1, 2)
+    power = np.abs(spec) ** 2 * mult
+    counts = np.bincount(idx.ravel(), np.broadcast_to(mult, idx.shape).ravel())
+    profile = np.stack([np.bincount(idx.ravel(), p.ravel()) for p in power]) / counts
+    cov = sfft.irfft2(profile[:, idx] * filt**2, s=(box, box)) / box**2
+    var = 0.0
+    for region in (inner, outer):
+        ov = sfft.irfft2(np.abs(sfft.rfft2(region.astype(float))) ** 2, s=(box, box))
+        var = var + 2 * (cov**2 * ov).sum(axis=(1, 2)) / (region.sum() * cov[:, 0, 0]) ** 2
+    return t / np.sqrt(var)
+
+
+@pytest.mark.parametrize("box", [64, 45])
+def test_signal_z_equals_its_formula(box):
+    """The fast route (blocks, half-grid autocovariance) gives the documented statistic,
+    for even and odd boxes, with a CTF per particle and a given radius."""
+    rng = np.random.default_rng(12)
+    imgs = np.concatenate([particles(4, rng, box=box), noise(4, rng, box=box)])
+    ctf = CTFParams(
+        defocus_u_angstrom=rng.uniform(8e3, 2.5e4, 8),
+        defocus_v_angstrom=rng.uniform(8e3, 2.5e4, 8),
+        defocus_angle_deg=rng.uniform(0, 180, 8),
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.1,
+    )
+    radius = 0.25 * box
+    expected = _signal_z_formula(imgs, ctf, radius, max(0.42 * box, radius + 2))
+    z = signal_zscore(imgs, pixel_size_angstrom=APIX, ctf=ctf, radius_px=radius)
+    np.testing.assert_allclose(z, expected, rtol=1e-4, atol=1e-4)
+    m = particle_measures(imgs, pixel_size_angstrom=APIX, ctf=ctf, radius_px=radius)
+    np.testing.assert_allclose(m["signal_z"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_edge_stripes_do_not_depend_on_an_offset():
+    """Raw images need not be normalised: widths are the same on a large offset."""
+    rng = np.random.default_rng(13)
+    imgs = edge_stripes(8, rng)
+    widths = edge_stripe_widths(imgs)
+    assert widths.max() > 4
+    np.testing.assert_array_equal(edge_stripe_widths(imgs + np.float32(1000.0)), widths)
+
+
+def test_peak_sigma_equals_its_median_formula():
+    """Medians taken exactly as numpy's, for even and odd samples, NaN included."""
+    rng = np.random.default_rng(14)
+    for box in (64, 17, 15):
+        imgs = noise(5, rng, box=box)
+        imgs[1, 2, 3] = 40.0
+        imgs[2, 0, 0] = np.nan  # a sampled pixel: no noise level
+        imgs[3, 0, 1] = np.nan  # an unsampled one: no peak
+        flat = imgs.reshape(5, -1)
+        sample = flat[:, ::4] if flat.shape[1] >= 256 else flat
+        med = np.median(sample, axis=1)
+        mad = 1.4826 * np.median(np.abs(sample - med[:, None]), axis=1)
+        peak = np.maximum(flat.max(axis=1) - med, med - flat.min(axis=1))
+        with np.errstate(invalid="ignore"):
+            expected = np.where(mad > 0, peak / np.where(mad > 0, mad, 1.0), np.inf)
+        np.testing.assert_array_equal(peak_sigma(imgs), expected.astype(np.float32))

@@ -50,7 +50,14 @@ from cryomanifold.preprocess import as_image_batch, radial_distance
 from cryomanifold.signal import (
     OUTER_FRACTION as OUTER_FRACTION,
 )
-from cryomanifold.signal import signal_zscore, signal_zscore_from_spectrum
+from cryomanifold.signal import (
+    block_size,
+    filter_table,
+    signal_radii,
+    signal_zscore,
+    zscore_block,
+)
+from cryomanifold.spectrum import half_irfft2
 
 __all__ = [
     "STRIPE_ROW_RATIO",
@@ -75,6 +82,9 @@ C64 = npt.NDArray[np.complex64]
 #: 32 or more noise pixels falls below 0.3 with probability < 1e-6.
 STRIPE_ROW_RATIO = 0.3
 
+#: Low-pass cut-off of the contrast (:func:`particle_contrast`), Å.
+CONTRAST_LOWPASS_ANGSTROM = 25.0
+
 
 def _spectrum(images: F32, workers: int = -1) -> C64:
     """``rfft2`` of a float32 batch (n, L, L // 2 + 1), complex64: shared by the measures."""
@@ -84,6 +94,23 @@ def _spectrum(images: F32, workers: int = -1) -> C64:
 def _frequency(box: int) -> F64:
     """Spatial frequency (cycles per pixel) of each rfft2 sample, (L, L // 2 + 1)."""
     return np.hypot(sfft.fftfreq(box)[:, None], sfft.rfftfreq(box)[None, :])
+
+
+def _median_rows(a: npt.NDArray[np.floating], *, scratch: bool = False) -> npt.NDArray[np.floating]:
+    """``np.median(a, axis=1)`` of a 2-D array, bit for bit, from one partition (numpy's
+    median partitions at two or three places, several times slower). ``scratch``: ``a``
+    may be reordered in place."""
+    m = a.shape[1]
+    k = m // 2
+    part = a if scratch else a.copy()
+    part.partition(k, axis=1)
+    out = part[:, k].copy()
+    if m % 2 == 0:  # numpy's mean of the two middle values, in the array's dtype
+        out = (part[:, :k].max(axis=1) + out) / 2
+    nan = np.isnan(part[:, k:].max(axis=1))  # the partition puts NaNs past k
+    if nan.any():
+        out[nan] = np.nan
+    return out
 
 
 def _weight_image(box: int, kind: str, radius_px: float | None) -> F64:
@@ -102,43 +129,38 @@ def _weight_image(box: int, kind: str, radius_px: float | None) -> F64:
 
 
 @functools.lru_cache(maxsize=64)
-def _functional(box: int, kind: str, cutoff: float, radius_px: float | None = None) -> npt.NDArray:
+def _functional(
+    box: int, kind: str, cutoff: float, radius_px: float | None = None
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.complex128]]:
     """The spectrum-side form of ``sum_x w(x) lowpass(f)(x)`` for a weight image ``w``
     (:func:`_weight_image`).
 
     By Parseval, ``sum_x w(x) g(x) = N**-2 sum_k W*(k) G(k)`` over the full grid; on the
     rfft half grid the columns other than 0 and N/2 stand for two conjugate samples.
-    Returns ``v`` (L * (L // 2 + 1),) complex128 with ``Re(spectrum @ v)`` the sum;
-    ``cutoff`` (cycles per pixel) is the low-pass applied to ``f``.
+    Returns the flat rfft2 indices below ``cutoff`` (cycles per pixel: the low-pass
+    applied to ``f``) and ``v`` there, complex128, with ``Re(spectrum.flat[idx] @ v)``
+    the sum.
     """
     w = _weight_image(box, kind, radius_px)
     mult = np.full(box // 2 + 1, 2.0)
     mult[0] = 1.0
     if box % 2 == 0:
         mult[-1] = 1.0
-    keep = _frequency(box) < cutoff
-    v = np.conj(sfft.rfft2(w)) * keep * mult[None, :] / box**2
-    out = np.ascontiguousarray(v.ravel())
-    out.setflags(write=False)
+    keep = (_frequency(box) < cutoff).ravel()
+    v = (np.conj(sfft.rfft2(w)) * mult[None, :] / box**2).ravel()
+    idx = np.flatnonzero(keep & (v != 0))
+    out = idx, np.ascontiguousarray(v[idx])
+    for arr in out:
+        arr.setflags(write=False)
     return out
 
 
-def _apply(spec: C64, functional: npt.NDArray) -> F64:
-    """``Re(spectrum @ functional)`` per image, (n,)."""
-    flat = spec.reshape(spec.shape[0], -1)
-    return np.asarray(
-        (flat.real.astype(np.float64) @ functional.real) - (flat.imag @ functional.imag)
-    )
-
-
-def _lowpass(
-    images: F32, pixel_size_angstrom: float, cutoff_angstrom: float, workers: int = -1
-) -> F64:
-    """Images with every Fourier component beyond ``1 / cutoff_angstrom`` removed."""
-    box = images.shape[-1]
-    k = _frequency(box) / pixel_size_angstrom
-    spec = sfft.rfft2(images.astype(np.float64), workers=workers) * (k < 1.0 / cutoff_angstrom)
-    return np.asarray(sfft.irfft2(spec, s=(box, box), workers=workers))
+def _apply(spec: C64, functional: tuple[npt.NDArray[np.intp], npt.NDArray[np.complex128]]) -> F64:
+    """``Re(spectrum @ functional)`` per image, (n,): float64 sums over the few samples
+    the low-pass keeps."""
+    idx, v = functional
+    vals = spec.reshape(spec.shape[0], -1)[:, idx]
+    return np.asarray((vals.real.astype(np.float64) @ v.real) - (vals.imag @ v.imag))
 
 
 def edge_stripe_widths(images: npt.ArrayLike, *, row_ratio: float = STRIPE_ROW_RATIO) -> F32:
@@ -167,14 +189,42 @@ def edge_stripe_widths(images: npt.ArrayLike, *, row_ratio: float = STRIPE_ROW_R
     """
     imgs = as_image_batch(images)
     out = np.zeros((imgs.shape[0], 4), dtype=np.float32)
-    for axis, (first, last) in enumerate(((0, 1), (2, 3))):
-        arr = imgs if axis == 0 else imgs.transpose(0, 2, 1)
-        step = arr[:, :-1] - arr[:, 1:]
-        diff = np.einsum("nij,nij->ni", step, step, dtype=np.float64) / arr.shape[2]  # (n, L-1)
-        ref = np.median(diff, axis=1, keepdims=True)
+    step = block_size(imgs.shape[-1])
+    for start in range(0, imgs.shape[0], step):
+        block = slice(start, start + step)
+        out[block] = _stripe_widths(_pair_differences(imgs[block]), row_ratio)
+    return out
+
+
+def _pair_differences(imgs: F32) -> tuple[F32, F32]:
+    """Mean squared difference of each pair of adjacent rows and of adjacent columns,
+    (n, L - 1) each.
+
+    As ``|a|**2 + |b|**2 - 2 a.b`` (four passes, no temporaries), except for images
+    whose rows carry much more energy than their differences (a large offset, a
+    constant image), where that would cancel: their differences are summed directly.
+    """
+    out = []
+    for axes in ("nij,nij->ni", "nij,nij->nj"):  # rows, then columns
+        a, b = (imgs[:, 1:], imgs[:, :-1]) if axes[-1] == "i" else (imgs[..., 1:], imgs[..., :-1])
+        norms = np.einsum(axes, imgs, imgs)
+        diff = norms[:, 1:] + norms[:, :-1] - 2.0 * np.einsum(axes, a, b)
+        direct = ~(norms.max(axis=1) <= 100.0 * diff.mean(axis=1))
+        if direct.any():
+            step = a[direct] - b[direct]
+            diff[direct] = np.einsum(axes, step, step)
+        out.append(diff / np.float32(imgs.shape[-1]))
+    return out[0], out[1]
+
+
+def _stripe_widths(pairs: tuple[F32, F32], row_ratio: float = STRIPE_ROW_RATIO) -> F32:
+    """:func:`edge_stripe_widths` from :func:`_pair_differences`, (n, 4) float32."""
+    out = np.zeros((pairs[0].shape[0], 4), dtype=np.float32)
+    for first, diff in zip((0, 2), pairs, strict=True):
+        ref = _median_rows(diff)[:, None]
         repeated = diff < row_ratio * np.maximum(ref, 1e-30)
         # the first and the last edge of this axis scan the same pairs from either end
-        for e, rep in ((first, repeated), (last, repeated[:, ::-1])):
+        for e, rep in ((first, repeated), (first + 1, repeated[:, ::-1])):
             run = np.cumprod(rep[:, 1:], axis=1).sum(axis=1)
             out[:, e] = np.where(run > 0, run + 2, 0)
     return out
@@ -188,7 +238,11 @@ def excess_kurtosis(images: npt.ArrayLike) -> F32:
     ndarray, shape (n,), float32
     """
     imgs = as_image_batch(images)
-    flat = imgs.reshape(imgs.shape[0], -1)
+    return _kurtosis(imgs.reshape(imgs.shape[0], -1))
+
+
+def _kurtosis(flat: F32) -> F32:
+    """:func:`excess_kurtosis` of flat images (n, P); moments summed in float64."""
     c2 = flat - flat.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
     c2 *= c2
     m2 = np.mean(c2, axis=1, dtype=np.float64)
@@ -301,13 +355,31 @@ def peak_sigma(images: npt.ArrayLike) -> F32:
     """
     imgs = as_image_batch(images)
     flat = imgs.reshape(imgs.shape[0], -1)
-    sample = flat[:, ::4] if flat.shape[1] >= 256 else flat
-    med = np.median(sample, axis=1, keepdims=True)
-    mad = 1.4826 * np.median(np.abs(sample - med), axis=1)
-    peak = np.maximum(flat.max(axis=1) - med[:, 0], med[:, 0] - flat.min(axis=1))
+    return _peak_sigma(flat, flat.max(axis=1), flat.min(axis=1))
+
+
+def _peak_sigma(flat: F32, high: F32, low: F32) -> F32:
+    """:func:`peak_sigma` of flat images (n, P) with their maxima and minima (n,)."""
+    sample = np.array(flat[:, ::4] if flat.shape[1] >= 256 else flat)
+    med = _median_rows(sample, scratch=True)
+    sample -= med[:, None]  # the median's partition: the same values, reordered
+    mad = 1.4826 * _median_rows(np.abs(sample, out=sample), scratch=True)
+    peak = np.maximum(high - med, med - low)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(mad > 0, peak / np.where(mad > 0, mad, 1.0), np.inf)
     return out.astype(np.float32)
+
+
+def _has_spread(block: F32, high: F32, low: F32) -> npt.NDArray[np.bool_]:
+    """``block.std(axis=(1, 2)) > 0`` for finite images (n, L, L) with their maxima and
+    minima: true whenever the range is wide enough that a squared deviation cannot
+    underflow and no sum can overflow; numpy's ``std`` decides the rest (constant
+    images among them)."""
+    sure = (high - low >= 1e-20) & (high < 1e30) & (low > -1e30)
+    out = sure.copy()
+    if not sure.all():
+        out[~sure] = block[~sure].std(axis=(1, 2)) > 0
+    return out
 
 
 def particle_measures(
@@ -321,9 +393,11 @@ def particle_measures(
 ) -> dict[str, F32]:
     """All per-particle junk measures of a batch (see the module docstring).
 
-    One float32 ``rfft2`` of the batch serves every Fourier-space measure (the
+    One float32 ``rfft2`` of each image serves every Fourier-space measure (the
     density gradient and the mass are linear functionals of it; the signal test and
-    the contrast need one inverse transform each).
+    the contrast need one inverse transform each). The batch is worked through in
+    blocks of :data:`cryomanifold.signal.BLOCK_PIXELS` pixels, whose arrays stay in the
+    CPU cache; the CTFs are evaluated once per batch.
 
     Parameters
     ----------
@@ -354,33 +428,58 @@ def particle_measures(
     """
     imgs = as_image_batch(images)
     n, box = imgs.shape[0], imgs.shape[-1]
-    finite: npt.NDArray[np.bool_] = np.asarray(np.isfinite(imgs).all(axis=(1, 2)))
-    clean = imgs
-    if not finite.all():
-        clean = np.where(finite[:, None, None], imgs, np.nan_to_num(imgs, posinf=0.0, neginf=0.0))
-    spread = clean.std(axis=(1, 2))
-    finite &= spread > 0
-    if raw is None:
-        stripes = edge_stripe_widths(clean).max(axis=1)
-    else:
-        raw_imgs = np.nan_to_num(as_image_batch(raw))
-        if raw_imgs.shape[0] != n:
-            raise ValueError(f"raw has {raw_imgs.shape[0]} images, images {n}")
-        stripes = edge_stripe_widths(raw_imgs).max(axis=1) * np.float32(box / raw_imgs.shape[-1])
+    raw_imgs = None if raw is None else as_image_batch(raw)
+    if raw_imgs is not None and raw_imgs.shape[0] != n:
+        raise ValueError(f"raw has {raw_imgs.shape[0]} images, images {n}")
+    if ctf is not None and len(ctf) != n:
+        raise ValueError(f"{len(ctf)} CTF entries for {n} images")
     apix = pixel_size_angstrom
-    spec = _spectrum(clean.astype(np.float32, copy=False), workers)
-    return {
-        "edge_stripe_px": stripes.astype(np.float32),
-        "signal_z": signal_zscore_from_spectrum(
-            spec, box, pixel_size_angstrom=apix, ctf=ctf, radius_px=radius_px, outer_px=None
-        ),
-        "kurtosis": excess_kurtosis(clean),
-        "gradient": _gradient(spec, box, apix),
-        "mass": _mass(spec, box, apix, radius_px),
-        "peak_sigma": peak_sigma(clean),
-        "finite": finite.astype(np.float32),
-        "contrast": _contrast(spec, box, apix, radius_px),
-    }
+    table, inverse = filter_table(ctf, box, apix)
+    radii = signal_radii(box, radius_px, None)
+    keys = ("edge_stripe_px", "signal_z", "kurtosis", "gradient", "mass", "peak_sigma")
+    out = {key: np.empty(n, dtype=np.float32) for key in (*keys, "finite")}
+    if raw_imgs is not None:
+        step = block_size(raw_imgs.shape[-1])
+        for start in range(0, n, step):
+            block = slice(start, start + step)
+            out["edge_stripe_px"][block] = _raw_stripes(raw_imgs[block])
+        out["edge_stripe_px"] *= np.float32(box / raw_imgs.shape[-1])
+    lowpassed = np.empty((n, box * box), dtype=np.float32)  # the contrast's: see _contrast
+    step = block_size(box)
+    for start in range(0, n, step):
+        block = slice(start, start + step)
+        clean = imgs[block]
+        flat = clean.reshape(clean.shape[0], -1)
+        high, low = flat.max(axis=1), flat.min(axis=1)
+        finite = np.isfinite(high) & np.isfinite(low)  # max and min see every NaN and inf
+        if not finite.all():
+            clean = np.where(
+                finite[:, None, None], clean, np.nan_to_num(clean, posinf=0.0, neginf=0.0)
+            )
+            flat = clean.reshape(clean.shape[0], -1)
+            high, low = flat.max(axis=1), flat.min(axis=1)
+        out["finite"][block] = finite & _has_spread(clean, high, low)
+        if raw_imgs is None:
+            out["edge_stripe_px"][block] = _stripe_widths(_pair_differences(clean)).max(axis=1)
+        out["kurtosis"][block] = _kurtosis(flat)
+        out["peak_sigma"][block] = _peak_sigma(flat, high, low)
+        spec = _spectrum(clean, workers)
+        filt = table[0] if inverse is None else table[inverse[block]]
+        out["signal_z"][block] = zscore_block(spec, filt, box, *radii, workers)
+        out["gradient"][block] = _gradient(spec, box, apix)
+        out["mass"][block] = _mass(spec, box, apix, radius_px)
+        lowpassed[block] = _contrast_lowpassed(spec, box, apix, workers)
+    out["contrast"] = _contrast(lowpassed, box, radius_px)
+    return out
+
+
+def _raw_stripes(raw: F32) -> F32:
+    """Widest edge stripe of each raw image, (n,), with non-finite pixels set to 0 (and
+    infinities to the largest float32) as :func:`numpy.nan_to_num` does."""
+    pairs = _pair_differences(raw)
+    if not (np.isfinite(pairs[0]).all() and np.isfinite(pairs[1]).all()):
+        pairs = _pair_differences(np.nan_to_num(raw))  # a non-finite pixel shows here
+    return _stripe_widths(pairs).max(axis=1)
 
 
 def particle_contrast(
@@ -412,20 +511,50 @@ def particle_contrast(
     ndarray, shape (n,), float32
     """
     imgs = as_image_batch(images)
-    return _contrast(_spectrum(imgs, workers), imgs.shape[-1], pixel_size_angstrom, radius_px)
+    box = imgs.shape[-1]
+    low = _contrast_lowpassed(_spectrum(imgs, workers), box, pixel_size_angstrom, workers)
+    return _contrast(low, box, radius_px)
 
 
-def _contrast(spec: C64, box: int, pixel_size_angstrom: float, radius_px: float | None) -> F32:
-    """:func:`particle_contrast` from the batch's rfft2 spectrum."""
-    keep = (_frequency(box) / pixel_size_angstrom < 1.0 / 25.0).astype(np.float32)
-    low = sfft.irfft2(spec * keep, s=(box, box)).reshape(spec.shape[0], -1)
+@functools.lru_cache(maxsize=32)
+def _contrast_regions(box: int, radius_px: float | None) -> tuple[F32, F64]:
+    """The disk and the ring of the contrast as flat masks (L * L, 2), and their areas."""
     r = radial_distance(box).ravel()
-    inner = (r < (0.3 * box if radius_px is None else min(radius_px, 0.42 * box))).astype(
-        np.float32
-    )
-    outer = (r > 0.42 * box).astype(np.float32)
-    stacked = np.stack([inner, outer], axis=1)  # (L * L, 2)
-    first = (low @ stacked).astype(np.float64) / stacked.sum(axis=0)
-    second = ((low * low) @ stacked).astype(np.float64) / stacked.sum(axis=0)
+    inner = r < (0.3 * box if radius_px is None else min(radius_px, 0.42 * box))
+    masks = np.stack([inner, r > 0.42 * box], axis=1).astype(np.float32)
+    out = masks, masks.sum(axis=0).astype(np.float64)
+    for arr in out:
+        arr.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _contrast_lowpass(box: int, pixel_size_angstrom: float) -> tuple[F32, int]:
+    """The contrast's low-pass on the first ``c`` columns of the half grid (L, c), float32,
+    and ``c``: the columns beyond are zero."""
+    keep = _frequency(box) / pixel_size_angstrom < 1.0 / CONTRAST_LOWPASS_ANGSTROM
+    cols = int(np.flatnonzero(keep.any(axis=0)).max(initial=0)) + 1
+    out = np.ascontiguousarray(keep[:, :cols], dtype=np.float32)
+    out.setflags(write=False)
+    return out, cols
+
+
+def _contrast_lowpassed(spec: C64, box: int, pixel_size_angstrom: float, workers: int = -1) -> F32:
+    """The 25 Å low-passed images of :func:`particle_contrast`, flat (n, L * L)."""
+    keep, cols = _contrast_lowpass(box, float(pixel_size_angstrom))
+    low = half_irfft2(spec[..., :cols] * keep, box, overwrite_x=True, workers=workers)
+    return low.reshape(spec.shape[0], -1)
+
+
+def _contrast(low: F32, box: int, radius_px: float | None) -> F32:
+    """:func:`particle_contrast` from the low-passed images (n, L * L), overwritten.
+
+    One matrix product over the whole batch: BLAS sums in an order that depends on
+    the number of rows, and this keeps the values those of one product per batch.
+    """
+    masks, area = _contrast_regions(box, None if radius_px is None else float(radius_px))
+    first = (low @ masks).astype(np.float64) / area
+    low *= low
+    second = (low @ masks).astype(np.float64) / area
     var = np.maximum(second - first**2, 0.0)
     return (var[:, 0] / np.maximum(var[:, 1], 1e-12)).astype(np.float32)

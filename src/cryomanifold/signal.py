@@ -20,8 +20,17 @@ import scipy.fft as sfft
 
 from cryomanifold.ctf import CTFParams, ctf_2d
 from cryomanifold.preprocess import as_image_batch, radial_distance
+from cryomanifold.spectrum import half_irfft2
 
-__all__ = ["signal_zscore", "signal_zscore_from_spectrum"]
+__all__ = [
+    "BLOCK_PIXELS",
+    "block_size",
+    "filter_table",
+    "signal_radii",
+    "signal_zscore",
+    "signal_zscore_from_spectrum",
+    "zscore_block",
+]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -31,29 +40,45 @@ C64 = npt.NDArray[np.complex64]
 INNER_FRACTION = 0.3
 OUTER_FRACTION = 0.42
 
+#: Pixels per block of images worked through at a time (64 images of 64 px): a block's
+#: intermediate arrays stay in the CPU cache, several times faster than whole batches.
+#: No result depends on it.
+BLOCK_PIXELS = 64 * 64 * 64
 
-def _abs_ctf(ctf: CTFParams, box: int, pixel_size_angstrom: float) -> F32:
-    """``|CTF|`` on the rfft2 grid (n, L, L // 2 + 1), evaluated once per distinct CTF
-    (particles of one micrograph share theirs)."""
-    table = np.stack(
-        [
-            np.broadcast_to(np.asarray(getattr(ctf, name), dtype=np.float64), len(ctf))
-            for name in (
-                "defocus_u_angstrom",
-                "defocus_v_angstrom",
-                "defocus_angle_deg",
-                "voltage_kv",
-                "cs_mm",
-                "amplitude_contrast",
-                "phase_shift_deg",
-                "bfactor_angstrom2",
-            )
-        ],
-        axis=1,
-    )
-    _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
-    unique = np.abs(ctf_2d(ctf.subset(first), box, pixel_size_angstrom)).astype(np.float32)
-    return unique[np.asarray(inverse).reshape(-1)]
+
+def block_size(box: int) -> int:
+    """Images of side ``box`` per block (:data:`BLOCK_PIXELS`)."""
+    return max(1, BLOCK_PIXELS // (box * box))
+
+
+def filter_table(
+    ctf: CTFParams | None, box: int, pixel_size_angstrom: float
+) -> tuple[F32, npt.NDArray[np.intp] | None]:
+    """The matched filter of :func:`signal_zscore` on the rfft2 grid, once per distinct CTF.
+
+    Returns
+    -------
+    table : ndarray, shape (u, L, L // 2 + 1), float32
+        ``|CTF| * band`` of each of the ``u`` distinct CTFs (particles of one
+        micrograph share theirs); the band alone (u = 1) without ``ctf``.
+    inverse : ndarray of intp, shape (n,), or None
+        The row of ``table`` of each particle; None without ``ctf`` (one row for all).
+    """
+    band = _band(box)
+    if ctf is None:
+        return band[None], None
+    unique, inverse = ctf.unique()
+    table = np.abs(ctf_2d(unique, box, pixel_size_angstrom)).astype(np.float32) * band
+    return table, np.asarray(inverse, dtype=np.intp).reshape(-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _band(box: int) -> F32:
+    """The band of the test: Fourier rings 2 to L / 2, (L, L // 2 + 1) float32, 0 or 1."""
+    ring = np.hypot(sfft.fftfreq(box)[:, None], sfft.rfftfreq(box)[None, :]) * box
+    out = ((ring >= 2) & (ring <= box / 2)).astype(np.float32)
+    out.setflags(write=False)
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -83,7 +108,7 @@ def _radial_profile_spectrum(power: npt.NDArray[np.floating]) -> F32:
     n, box = power.shape[0], power.shape[1]
     op, ring = _ring_operator(box)
     profile = power.reshape(n, -1).astype(np.float32, copy=False) @ op  # (n, n_rings)
-    return np.asarray(profile[:, ring].reshape(power.shape))
+    return np.take(profile, ring, axis=1).reshape(power.shape)  # C order, unlike [:, ring]
 
 
 def signal_zscore(
@@ -140,25 +165,90 @@ def signal_zscore(
     )
 
 
+def signal_radii(box: int, radius_px: float | None, outer_px: float | None) -> tuple[float, float]:
+    """Radius of the disk and inner radius of the ring of :func:`signal_zscore`, pixels."""
+    r_in = INNER_FRACTION * box if radius_px is None else float(radius_px)
+    r_in = min(max(r_in, 2.0), 0.4 * box)
+    r_out = max(OUTER_FRACTION * box, r_in + 2.0) if outer_px is None else float(outer_px)
+    return r_in, min(r_out, 0.45 * box)
+
+
 @functools.lru_cache(maxsize=32)
-def _signal_regions(box: int, r_in: float, r_out: float) -> tuple[F32, F32, F64, F64]:
-    """Flat masks of the disk and the ring, and their self-overlaps ``(A * A)(d)``, flat."""
+def _signal_regions(box: int, r_in: float, r_out: float) -> tuple[F32, F64, F32]:
+    """The disk and the ring of the test, and what the null variance needs of them.
+
+    Returns the flat masks ``(L * L, 2)``, their areas ``(2,)``, and their self-overlaps
+    ``(A * A)(d)`` on rows ``0 .. L // 2`` of the displacement grid ``((L // 2 + 1) * L,
+    2)``, doubled on the rows whose mirror ``-d`` is another row: the overlaps and the
+    autocovariance are point-symmetric, so the sum over the whole grid needs only these
+    rows.
+    """
     r = radial_distance(box)
-    inner = (r < r_in).astype(np.float64)
-    outer = (r > r_out).astype(np.float64)
+    masks = np.stack([(r < r_in).ravel(), (r > r_out).ravel()], axis=1).astype(np.float64)
 
     def overlap(region: F64) -> F64:
-        return np.asarray(sfft.irfft2(np.abs(sfft.rfft2(region)) ** 2, s=(box, box)).ravel())
+        half = sfft.irfft2(np.abs(sfft.rfft2(region)) ** 2, s=(box, box))[: box // 2 + 1]
+        half[1 : (box + 1) // 2] *= 2.0  # these rows stand for their mirrors -d too
+        return half.ravel()
 
-    out = (
-        inner.ravel().astype(np.float32),
-        outer.ravel().astype(np.float32),
-        overlap(inner),
-        overlap(outer),
-    )
+    folded = np.stack([overlap(m.reshape(box, box)) for m in masks.T], axis=1)
+    out = masks.astype(np.float32), masks.sum(axis=0), folded.astype(np.float32)
     for arr in out:
         arr.setflags(write=False)
     return out
+
+
+def zscore_block(
+    spec: npt.NDArray[np.complex64],
+    filt: F32,
+    box: int,
+    r_in: float,
+    r_out: float,
+    workers: int = -1,
+) -> F32:
+    """:func:`signal_zscore` of a few images from their rfft2 spectra and their filters.
+
+    Parameters
+    ----------
+    spec : ndarray, shape (b, L, L // 2 + 1), complex64
+    filt : ndarray, shape (b, L, L // 2 + 1) or (L, L // 2 + 1), float32
+        ``|CTF| * band`` of each image (:func:`filter_table`).
+    box : int
+    r_in, r_out : float
+        Radius of the disk and inner radius of the ring, pixels (:func:`signal_radii`).
+    workers : int
+        Threads for scipy.fft.
+
+    Returns
+    -------
+    ndarray, shape (b,), float32
+
+    Notes
+    -----
+    Best on blocks of some tens of images, whose arrays stay in the CPU cache.
+    """
+    b = spec.shape[0]
+    masks, area, folded = _signal_regions(box, r_in, r_out)
+    energy = half_irfft2(spec * filt, box, overwrite_x=True, workers=workers).reshape(b, -1)
+    energy *= energy
+    e = (energy @ masks).astype(np.float64) / area  # mean energy per pixel, disk and ring
+    # autocovariance of the filtered null noise, per pixel: its spectrum is real, so
+    # rows 0 .. L // 2 of it come from a real FFT down the columns and an irfft along
+    # the rows (each row's spectrum is Hermitian), and the rest are their mirrors
+    power = spec.real * spec.real + spec.imag * spec.imag
+    noise = _radial_profile_spectrum(power)
+    noise *= filt * filt
+    half = sfft.rfft(noise, axis=-2, workers=workers)
+    np.conjugate(half, out=half)
+    cov = sfft.irfft(half, n=box, axis=-1, workers=workers, overwrite_x=True).reshape(b, -1)
+    cov *= np.float32(1.0 / box**3)  # the two 1-D passes scale by 1 / L, not 1 / L**2
+    var0 = np.maximum(cov[:, 0].astype(np.float64), 1e-30)
+    cov *= cov  # sums of positive terms: float32 is exact enough
+    sums = (cov @ folded).astype(np.float64)
+    var = 2.0 * sums / (area * var0[:, None]) ** 2
+    sd = np.sqrt(var[:, 0] + var[:, 1])
+    t = np.log(np.maximum(e[:, 0], 1e-30) / np.maximum(e[:, 1], 1e-30))
+    return (t / np.maximum(sd, 1e-12)).astype(np.float32)
 
 
 def signal_zscore_from_spectrum(
@@ -169,36 +259,18 @@ def signal_zscore_from_spectrum(
     ctf: CTFParams | None,
     radius_px: float | None,
     outer_px: float | None,
+    workers: int = -1,
 ) -> F32:
     """:func:`signal_zscore` from the batch's ``rfft2`` spectrum (n, L, L // 2 + 1)."""
     n = spec.shape[0]
     if ctf is not None and len(ctf) != n:
         raise ValueError(f"{len(ctf)} CTF entries for {n} images")
-    r_in = INNER_FRACTION * box if radius_px is None else float(radius_px)
-    r_in = min(max(r_in, 2.0), 0.4 * box)
-    r_out = max(OUTER_FRACTION * box, r_in + 2.0) if outer_px is None else float(outer_px)
-    r_out = min(r_out, 0.45 * box)
-    ring = np.hypot(sfft.fftfreq(box)[:, None], sfft.rfftfreq(box)[None, :]) * box
-    band = ((ring >= 2) & (ring <= box / 2)).astype(np.float32)
-    if ctf is None:
-        filt = np.broadcast_to(band, (n, *band.shape))
-    else:
-        filt = _abs_ctf(ctf, box, pixel_size_angstrom) * band
-    filtered = sfft.irfft2(spec * filt, s=(box, box)).reshape(n, -1)
-    inner, outer, ov_in, ov_out = _signal_regions(box, r_in, r_out)
-    energy = filtered * filtered
-    e_in = (energy @ inner).astype(np.float64) / float(inner.sum())
-    e_out = (energy @ outer).astype(np.float64) / float(outer.sum())
-    # autocovariance of the filtered null noise, per pixel
-    power = spec.real * spec.real + spec.imag * spec.imag
-    noise = _radial_profile_spectrum(power) * filt**2
-    cov = sfft.irfft2(noise, s=(box, box)).reshape(n, -1)
-    cov *= np.float32(1.0 / box**2)
-    var0 = np.maximum(cov[:, 0].astype(np.float64), 1e-30)
-    cov *= cov  # sums of positive terms: float32 is exact enough
-    sums = (cov @ np.stack([ov_in, ov_out], axis=1).astype(np.float32)).astype(np.float64)
-    var_in = 2.0 * sums[:, 0] / (float(inner.sum()) * var0) ** 2
-    var_out = 2.0 * sums[:, 1] / (float(outer.sum()) * var0) ** 2
-    sd = np.sqrt(var_in + var_out)
-    t = np.log(np.maximum(e_in, 1e-30) / np.maximum(e_out, 1e-30))
-    return (t / np.maximum(sd, 1e-12)).astype(np.float32)
+    r_in, r_out = signal_radii(box, radius_px, outer_px)
+    table, inverse = filter_table(ctf, box, pixel_size_angstrom)
+    out = np.empty(n, dtype=np.float32)
+    step = block_size(box)
+    for start in range(0, n, step):
+        block = slice(start, start + step)
+        filt = table[0] if inverse is None else table[inverse[block]]
+        out[block] = zscore_block(spec[block], filt, box, r_in, r_out, workers)
+    return out

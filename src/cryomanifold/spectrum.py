@@ -5,7 +5,8 @@ of the real-space mask, the zero-padding and the band limit
 (:func:`spectrum_settings`), the masked batch (:func:`masked`), its zero-padded
 half spectrum (:func:`padded_half_spectrum`), the band weights on the ``rfft2``
 half grid (:func:`band_weights`) and ``T = IFFT(|FFT(g)|)`` written out
-(:func:`amplitude_transform`).
+(:func:`amplitude_transform`); and ``irfft2`` of low-passed half spectra
+(:func:`half_irfft2`).
 
 The ``rfft2`` half grid of an ``N x N`` grid has ``N`` rows (``ky`` in
 ``scipy.fft.fftfreq`` order) and ``N // 2 + 1`` columns (``kx >= 0``); each entry
@@ -33,6 +34,7 @@ __all__ = [
     "amplitude_transform",
     "as_real_batch",
     "band_weights",
+    "half_irfft2",
     "masked",
     "padded_half_spectrum",
     "rfft_multiplicity",
@@ -393,3 +395,43 @@ def amplitude_transform(
     t = sfft.fftshift(t, axes=(-2, -1))
     start = size // 2 - box // 2
     return np.ascontiguousarray(t[:, start : start + box, start : start + box], dtype=np.float32)
+
+
+def half_irfft2(
+    spec: npt.NDArray[np.complex64],
+    box: int,
+    *,
+    columns: int | None = None,
+    overwrite_x: bool = False,
+    workers: int = -1,
+) -> F32:
+    """``scipy.fft.irfft2(spec, s=(L, L))`` bit for bit, from the first ``columns`` columns.
+
+    For half spectra that are zero beyond their first ``columns`` columns (a low-pass):
+    only those are transformed down the columns. The two 1-D passes run unscaled and the
+    result is scaled by ``L**-2`` once, as ``irfft2`` does, so the values are the same
+    to the last bit. Also faster than ``irfft2`` for all the columns on small boxes.
+
+    Parameters
+    ----------
+    spec : ndarray, shape (n, L, C), complex64
+        Half spectra (``C >= columns``; columns beyond ``columns`` are taken as zero).
+    box : int
+        ``L``.
+    columns : int, optional
+        Default: all ``C``.
+    overwrite_x : bool
+        ``spec`` is a temporary that may be overwritten.
+    workers : int
+        Threads for scipy.fft.
+
+    Returns
+    -------
+    ndarray, shape (n, L, L), float32
+    """
+    part = spec if columns is None else spec[..., :columns]
+    kw: dict[str, Any] = {"norm": "forward", "workers": workers, "overwrite_x": True}
+    tmp = sfft.ifft(part, axis=-2, **{**kw, "overwrite_x": overwrite_x})
+    out = np.asarray(sfft.irfft(tmp, n=box, axis=-1, **kw))
+    out *= np.float32(1.0 / box**2)
+    return out
