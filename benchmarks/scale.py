@@ -235,14 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-size", type=int, default=100_000, help="size of the fit-sample study")
     p.add_argument("--fit-samples", type=int, nargs="+", default=[0, 20_000])
     p.add_argument("--dask-size", type=int, default=50_000, help="size of the worker study")
+    p.add_argument("--no-fit-study", action="store_true", help="skip the fit-sample study")
+    p.add_argument("--no-dask", action="store_true", help="skip the Dask worker study")
+    p.add_argument("--name", default="scale", help="stem of the result files (default scale)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--report-only", action="store_true", help="rewrite scale.md from scale.json")
     args = p.parse_args(argv)
     if args.report_only:
         from _common import RESULTS
 
-        data = json.loads((RESULTS / "scale.json").read_text())
-        write_results("scale", data, _markdown(data), overwrite=True)
+        data = json.loads((RESULTS / f"{args.name}.json").read_text())
+        write_results(args.name, data, _markdown(data), overwrite=True)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -263,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%d particles: %s", n, row)
     results["growth"] = growth
 
-    star = subset(base, args.fit_size, args.work)
     study = []
-    for fs in args.fit_samples:
+    for fs in [] if args.no_fit_study else args.fit_samples:
+        star = subset(base, args.fit_size, args.work)
         out = args.work / f"fit_{fs}"
         row = timed_run(star, out, ["--fit-sample", str(fs)])
         row["fit_sample"] = fs or "all"
@@ -273,15 +276,21 @@ def main(argv: list[str] | None = None) -> int:
         study.append(row)
         log.info("fit sample %s: %s", fs, row)
     results["fit_sample"] = study
+    if not args.no_dask:
+        results["dask"] = _dask_study(subset(base, args.dask_size, args.work), args.work)
+    write_results(args.name, results, _markdown(results), overwrite=args.overwrite)
+    return 0
 
-    star = subset(base, args.dask_size, args.work)
+
+def _dask_study(star: Path, work: Path) -> dict[str, Any]:
+    """The same run on the threaded scheduler, one and two LocalCluster workers."""
     dask_rows = {}
     for name, extra in (
         ("threads", []),
         ("1 worker", ["--workers", "1"]),
         ("2 workers", ["--workers", "2"]),
     ):
-        out = args.work / f"dask_{name.replace(' ', '_')}"
+        out = work / f"dask_{name.replace(' ', '_')}"
         dask_rows[name] = timed_run(star, out, extra)
         dask_rows[name]["labels"] = starfile.read(out / "particles.star", always_dict=True)[
             "particles"
@@ -291,13 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         del row["labels"]
     f1 = dask_rows["1 worker"]["timings_s"]["features"]
     f2 = dask_rows["2 workers"]["timings_s"]["features"]
-    results["dask"] = {
+    return {
         "runs": dask_rows,
         "features_speedup_2_over_1_worker": round(f1 / f2, 2),
         "two_workers_same_classes_as_threads": same,
     }
-    write_results("scale", results, _markdown(results), overwrite=args.overwrite)
-    return 0
 
 
 def _markdown(r: dict[str, Any]) -> str:
@@ -341,22 +348,31 @@ def _markdown(r: dict[str, Any]) -> str:
             rows,
         )
     )
-    lines += ["", "## Fit sample (same data)", ""]
-    lines.append(
-        md_table(
-            ["fit sample", "wall s", "ARI", "junk F1", "views T20S", "views rubisco"],
-            [
+    m = r["machine"]
+    lines += [
+        "",
+        f"Source: commit {m['git_commit'][:10]}, modified: "
+        f"{', '.join(m.get('git_modified_src', [])) or 'none'}; {m['cpu_count']} CPUs, shared.",
+    ]
+    if r["fit_sample"]:
+        lines += ["", "## Fit sample (same data)", ""]
+        lines.append(
+            md_table(
+                ["fit sample", "wall s", "ARI", "junk F1", "views T20S", "views rubisco"],
                 [
-                    s["fit_sample"],
-                    s["wall_s"],
-                    s["quality"]["species_ari"],
-                    s["quality"]["junk_f1"],
-                    *s["quality"]["view_coherence"].values(),
-                ]
-                for s in r["fit_sample"]
-            ],
+                    [
+                        s["fit_sample"],
+                        s["wall_s"],
+                        s["quality"]["species_ari"],
+                        s["quality"]["junk_f1"],
+                        *s["quality"]["view_coherence"].values(),
+                    ]
+                    for s in r["fit_sample"]
+                ],
+            )
         )
-    )
+    if "dask" not in r:
+        return "\n".join(lines) + "\n"
     d = r["dask"]
     lines += [
         "",
