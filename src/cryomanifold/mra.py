@@ -178,7 +178,6 @@ def search_poses(
     c_rings = np.ones((n, sub.radii.size), np.float32) if ctf is None else ctf[:, : sub.radii.size]
     ref_coef = polar_coefficients(refs, sub, mask=mask, workers=workers)
     ref_power = ring_power(ref_coef)  # (K, R)
-    n_var = local.shape[0] * (2 if mirror else 1)
     n_t = 2 * (sub.n_m - 1) * max(int(angle_oversampling), 1)
     scores = np.empty((n, k), np.float32)
     best_ref = np.zeros(n, np.int64)
@@ -214,7 +213,6 @@ def search_poses(
         pose[sl] = np.column_stack(
             [(t0 + off) * 360.0 / n_t, all_shifts[rows, v], (v >= local.shape[0]).astype(float)]
         )
-    del n_var
     angles, shifts_out = pose_to_transform(pose[:, 0], pose[:, 1:3])
     mirrored = pose[:, 3] > 0.5
     centres_out = np.where(mirrored[:, None], _mirror_shift(pose[:, 1:3]), pose[:, 1:3])
