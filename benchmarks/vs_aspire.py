@@ -1,39 +1,55 @@
-"""Benchmark: cryomanifold's invariant features vs ASPIRE's rotationally invariant kNN.
+"""Benchmark: cryomanifold's nearest neighbours vs ASPIRE's rotationally invariant kNN.
 
 Both methods get the same simulated particles (T20S, D7, and Rubisco L8S8, D4; no
-junk), Fourier-cropped to 64 px and phase-flipped with
-:func:`cryomanifold.preprocess.prepare_images`. Each finds the ``k`` nearest
-neighbours of every particle:
+junk), with two imaging presets of ``cryomanifold simulate``: ``paper`` (the old
+simulator) and ``realistic`` (protein contrast 0.3 of vacuum, particle B-factors,
+ice, neighbours in the box; its own ±8 Å shifts off, so that "centred" is centred).
+Each method finds the ``k`` nearest neighbours of every particle:
 
-* **ASPIRE** (``aspire.classification.RIRClass2D``, defaults: FSPCA with 400
+* **aspire** (``aspire.classification.RIRClass2D``, defaults: FSPCA with 400
   components, 300 bispectrum components, legacy implementations; Zhao, Shkolnisky &
-  Singer 2014) on an ``ArrayImageSource`` of the images. ASPIRE runs offline: in
-  its worker every socket connection raises, and its log folder is a temporary one.
-* **cryomanifold**: :func:`cryomanifold.features.invariant_features` (tuned
-  defaults, with the CTF as the pipeline gives it), then Euclidean kNN in the
-  PCA(95 %) space that the UMAP graph is built on (features standardised first only
-  when the pipeline's ``RunConfig().standardize`` is set).
+  Singer 2014) on an ``ArrayImageSource`` of the images Fourier-cropped to 64 px and
+  phase-flipped with :func:`cryomanifold.preprocess.prepare_images`. ASPIRE runs
+  offline: in its worker every socket connection raises, and its log folder is a
+  temporary one. Time: featurisation + neighbours (cropping excluded).
+* **cryomanifold**: the whole run with the second stage on, ``cryomanifold run
+  --refine``, i.e. ``cryomanifold.pipeline.run(star, out, RunConfig(box=64,
+  refine=True))`` on the 256 px stack (the invariant map, then the phase-keeping
+  refine stage), and kNN in its ``refined_features.npy`` (each particle's
+  best-over-pose correlations with the final references: the vectors the run's
+  classes come from). Time: the whole run (reading, cropping, both stages, the
+  averages, the outputs) + kNN. The refine stage's own summary (rounds, classes,
+  seconds; ``stages/state.json``) is kept in the results.
+* **cryomanifold-map**: the first stage's invariants alone (what ``features.npy``
+  holds), :func:`cryomanifold.features.invariant_features` on the same prepared
+  64 px images as ASPIRE gets, kNN in PCA(95 %) space (the space the UMAP graph is
+  built on): the numbers without the refine stage. Time: featurisation + PCA +
+  neighbours. Also scored, untimed: kNN of the refine run's own ``features.npy`` in
+  its map's PCA space (the model's scaling, with the run's log-contrast column
+  weighted as the run weighs it; ``map_from_run`` in the JSON).
 
 Scores (Zhao & Singer): for each neighbour pair, the angle between the true
 viewing directions, reflection-aware (a view along ``-v`` is the mirror of the one
-along ``v``, and both methods are mirror-invariant) and reduced over the point group
-(the group is found from the model itself by superposing its identical chains and
-then written exactly as a Dn group in that frame). Reported: the fraction of pairs
-within 10 degrees (a neighbour of the other species counts as a miss), the median
-angle over same-species pairs, and the fraction of same-species neighbours. Each
-method runs in its own subprocess, which reports its wall time (featurisation +
-neighbour search, image loading excluded) and its peak resident memory
-(``VmHWM``, also given as the increase over the resident size after imports
-and loading).
+along ``v``, and every method here is mirror-invariant) and reduced over the point
+group (the group is found from the model itself by superposing its identical chains
+and then written exactly as a Dn group in that frame). Reported: the fraction of
+pairs within 10 degrees (a neighbour of the other species counts as a miss), the
+median angle over same-species pairs, and the fraction of same-species neighbours.
+Each method runs in its own subprocess, which reports its wall time and its peak
+resident memory (``VmHWM``, also given as the increase over the resident size after
+imports and loading).
 
 Two conditions: centred particles, and the same particles shifted in-plane,
 uniformly in a disk of radius 10 % of the box (applied to the 256 px images as an
-exact Fourier shift before cropping).
+exact Fourier shift before cropping; the cryomanifold run reads them from a
+shifted copy of the stack).
 
 Usage::
 
-    python benchmarks/vs_aspire.py [--n-per-model 1000] [--k 10] [--overwrite]
+    python benchmarks/vs_aspire.py [--n-per-model 1000] [--presets paper realistic]
+        [--dose 20] [--k 10] [--overwrite]
 
+With the defaults (2 × 2000 particles) it takes about 12 min on 2 shared cores.
 Results go to benchmarks/results/vs_aspire.json and .md. Needs ``aspire`` (the
 ``[bench]`` extra); without it the ASPIRE rows are skipped with a message. ASPIRE's
 RIRClass2D needs more images than its 300 bispectrum components (``--n-per-model``
@@ -60,7 +76,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cryomanifold._atomic import atomic_path, check_writable
+from cryomanifold._atomic import check_writable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _dn_symmetry import pair_angles_deg, point_group, viewing_directions
+from _vs_aspire_report import METHODS, goals, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "models"
@@ -70,118 +90,21 @@ MODELS = {
 }
 F64 = npt.NDArray[np.float64]
 log = logging.getLogger("vs_aspire")
-
-
-# -- symmetry ------------------------------------------------------------------------
-def dn_rotations(n: int) -> F64:
-    """The 2n rotations of the dihedral group Dn: n-fold axis z, a 2-fold axis x.
-
-    Returns
-    -------
-    ndarray, shape (2n, 3, 3)
-    """
-    t = 2 * np.pi * np.arange(n) / n
-    c, s = np.cos(t), np.sin(t)
-    z, o = np.zeros(n), np.ones(n)
-    cyc = np.stack([c, -s, z, s, c, z, z, z, o], axis=-1).reshape(n, 3, 3)
-    flip = np.diag([1.0, -1.0, -1.0])  # 180 degrees about x
-    return np.concatenate([cyc, cyc @ flip])
-
-
-def _rotation_axis_angle(r: F64) -> tuple[F64, float]:
-    angle = float(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1)))
-    if angle > np.pi - 0.1:  # near 2-fold: axis from the symmetric part
-        _, v = np.linalg.eigh(r + np.eye(3))
-        return v[:, -1], angle
-    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
-    return axis / np.linalg.norm(axis), angle
-
-
-def _kabsch(a: F64, b: F64) -> F64:
-    """Rotation R minimising |R a_i - b_i| over rows (both centred here)."""
-    a0, b0 = a - a.mean(0), b - b.mean(0)
-    u, _, vt = np.linalg.svd(b0.T @ a0)
-    d = np.sign(np.linalg.det(u @ vt))
-    return u @ np.diag([1.0, 1.0, d]) @ vt
-
-
-def point_group(path: Path, n: int) -> tuple[F64, float]:
-    """Dn rotations of the model at ``path``, in the model's frame.
-
-    The largest set of chains with the same sequence is superposed (Cα, shared
-    residue numbers) onto its first chain; the axis of the smallest rotation is the
-    n-fold axis, a 2-fold perpendicular to it fixes the frame, and the group is
-    :func:`dn_rotations` in that frame.
-
-    Returns
-    -------
-    group : ndarray, shape (2n, 3, 3)
-    max_error_deg : float
-        Largest angle between a measured superposition and its nearest group element.
-    """
-    import gemmi
-
-    st = gemmi.read_structure(str(path))
-    chains: dict[str, dict[tuple[int | None, str], F64]] = {}
-    seqs: dict[str, str] = {}
-    for ch in st[0]:
-        ca = {
-            (r.seqid.num, r.seqid.icode): np.array(r["CA"][0].pos.tolist())
-            for r in ch
-            if r.find_atom("CA", "*") is not None
-        }
-        if len(ca) > 50:
-            chains[ch.name] = ca
-            seqs[ch.name] = gemmi.one_letter_code([r.name for r in ch])
-    by_seq: dict[str, list[str]] = {}
-    for name, seq in seqs.items():
-        by_seq.setdefault(seq, []).append(name)
-    names = max(by_seq.values(), key=len)
-    ref = chains[names[0]]
-    rots = []
-    for name in names:
-        keys = sorted(set(ref) & set(chains[name]))
-        rots.append(
-            _kabsch(np.array([ref[k] for k in keys]), np.array([chains[name][k] for k in keys]))
-        )
-    axes_angles = [_rotation_axis_angle(r) for r in rots]
-    target = 2 * np.pi / n
-    axis = min(axes_angles, key=lambda aa: abs(aa[1] - target))[0]
-    twofold = [a for a, ang in axes_angles if ang > np.pi - 0.1 and abs(a @ axis) < 0.1]
-    if not twofold:
-        raise RuntimeError(f"{path}: no 2-fold axis perpendicular to the {n}-fold one")
-    x = twofold[0] - (twofold[0] @ axis) * axis
-    x /= np.linalg.norm(x)
-    frame = np.stack([x, np.cross(axis, x), axis], axis=1)  # columns: new x, y, z
-    group = frame @ dn_rotations(n) @ frame.T
-    err = [
-        min(_rotation_axis_angle(g.T @ r)[1] for g in group) for r in rots
-    ]  # residual rotation angle
-    return group, float(np.rad2deg(max(err)))
-
-
-def viewing_directions(rot_deg: F64, tilt_deg: F64) -> F64:
-    """Projection direction in the model frame (third row of RELION's A), (n, 3)."""
-    r, t = np.deg2rad(rot_deg), np.deg2rad(tilt_deg)
-    return np.stack([np.sin(t) * np.cos(r), np.sin(t) * np.sin(r), np.cos(t)], axis=1)
-
-
-def pair_angles_deg(v: F64, w: F64, group: F64) -> F64:
-    """min over g in group and ±: angle(v_i, g w_i), degrees; v, w (m, 3)."""
-    gw = np.einsum("gab,mb->mga", group, w)
-    cos = np.abs(np.einsum("ma,mga->mg", v, gw)).max(axis=1)
-    return np.rad2deg(np.arccos(np.clip(cos, -1.0, 1.0)))
+PRESETS = ("paper", "realistic")
+METHOD_NAMES = tuple(METHODS)
 
 
 # -- data ----------------------------------------------------------------------------
-def simulate(work: Path, n_per_model: int, seed: int) -> Path:
-    """Simulate the centred stack (256 px, 1 Å/px, no junk, no shifts)."""
+def simulate(work: Path, n_per_model: int, seed: int, preset: str, dose: float) -> Path:
+    """Simulate the centred stack (256 px, 1 Å/px, no junk, no shifts) with a preset of
+    ``cryomanifold simulate``."""
     from cryomanifold.simulate import simulate_dataset
 
     paths = [DATA / f for f, _ in MODELS.values()]
     for p in paths:
         if not p.exists():
             raise FileNotFoundError(f"model {p} not found; this benchmark needs shared/data")
+    no_shift = {"shift_sigma_angstrom": 0.0} if preset == "paper" else {"shift_max_angstrom": 0.0}
     return simulate_dataset(
         paths,
         n_per_model=n_per_model,
@@ -189,7 +112,9 @@ def simulate(work: Path, n_per_model: int, seed: int) -> Path:
         out_dir=work / "sim",
         seed=seed,
         overwrite=True,
-        shift_sigma_angstrom=0.0,
+        preset=preset,
+        dose_e_per_angstrom2=dose,
+        **no_shift,
     )
 
 
@@ -217,7 +142,9 @@ def prepare_conditions(
     star: Path, work: Path, *, box: int, max_shift_fraction: float, seed: int
 ) -> dict[str, Any]:
     """Write the two prepared 64 px stacks and the CTF to ``work``; return the truth."""
-    from cryomanifold.io import read_particles
+    import starfile
+
+    from cryomanifold.io import MrcStackWriter, read_particles
     from cryomanifold.preprocess import prepare_images
 
     stack = read_particles(star)
@@ -226,16 +153,24 @@ def prepare_conditions(
     shifts = disk_shifts(n, max_shift_fraction * size, np.random.default_rng(seed + 1))
     out = {c: np.empty((n, box, box), np.float32) for c in ("centred", "shifted")}
     apix = stack.pixel_size_angstrom
-    for start in range(0, n, 256):  # batches bound the memory (a 256 px stack is large)
-        idx = np.arange(start, min(start + 256, n))
-        raw = stack.images(idx)
-        for cond, imgs in (("centred", raw), ("shifted", fourier_shift(raw, shifts[idx]))):
-            out[cond][idx], apix = prepare_images(
-                imgs,
-                box=box,
-                pixel_size_angstrom=stack.pixel_size_angstrom,
-                ctf=stack.ctf.subset(idx),
-            )
+    # the shifted 256 px stack and its .star, for the cryomanifold run
+    tables = starfile.read(star, always_dict=True)
+    tables["particles"]["rlnImageName"] = [f"{i + 1:06d}@shifted.mrcs" for i in range(n)]
+    starfile.write(tables, work / "shifted.star", overwrite=True)
+    with MrcStackWriter(work / "shifted.mrcs", n, size, stack.pixel_size_angstrom) as writer:
+        for start in range(0, n, 256):  # batches bound the memory (a 256 px stack is large)
+            idx = np.arange(start, min(start + 256, n))
+            raw = stack.images(idx)
+            moved = fourier_shift(raw, shifts[idx])
+            writer.write(moved)
+            for cond, imgs in (("centred", raw), ("shifted", moved)):
+                out[cond][idx], apix = prepare_images(
+                    imgs,
+                    box=box,
+                    pixel_size_angstrom=stack.pixel_size_angstrom,
+                    ctf=stack.ctf.subset(idx),
+                )
+    (work / "centred.star").symlink_to(Path(star).resolve())
     for cond, arr in out.items():
         np.save(work / f"{cond}.npy", arr)
     ctf = stack.ctf
@@ -286,24 +221,70 @@ def _block_network() -> None:
     socket.getaddrinfo = refuse  # type: ignore[assignment]
 
 
-def _worker_cryomanifold(images: npt.NDArray[np.float32], work: Path, k: int) -> npt.NDArray:
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import NearestNeighbors
-    from sklearn.preprocessing import StandardScaler
-
+def _worker_map(images: npt.NDArray[np.float32], work: Path, k: int) -> npt.NDArray:
     from cryomanifold.ctf import CTFParams
     from cryomanifold.features import invariant_features
-    from cryomanifold.pipeline import RunConfig
 
     z = np.load(work / "ctf.npz")
     apix = float(z["pixel_size_angstrom"])
     ctf = CTFParams(**{k2: z[k2] for k2 in z.files if k2 != "pixel_size_angstrom"})
-    feats = invariant_features(images, ctf=ctf, pixel_size_angstrom=apix)
-    # the space the pipeline's manifold starts from (standardised only if it is)
+    return _pca_knn(invariant_features(images, ctf=ctf, pixel_size_angstrom=apix), k)
+
+
+def _pca_knn(feats: npt.NDArray, k: int) -> npt.NDArray:
+    """kNN (self included) in the PCA(95 %) space the pipeline's UMAP graph starts from
+    (standardised first only when the pipeline's ``RunConfig().standardize`` is set)."""
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn.preprocessing import StandardScaler
+
+    from cryomanifold.pipeline import RunConfig
+
     xs = StandardScaler().fit_transform(feats) if RunConfig().standardize else feats
     xp = PCA(n_components=0.95, svd_solver="full", random_state=0).fit_transform(xs)
     _, idx = NearestNeighbors(n_neighbors=k + 1).fit(xp).kneighbors(xp)
     return np.asarray(idx)
+
+
+def _map_space_knn(run_dir: Path, k: int) -> npt.NDArray:
+    """kNN (self included) of a run's ``features.npy`` in its map's own PCA space (the
+    model's feature scaling, the contrast column weighted as the run weighs it)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from cryomanifold.modelfile import load_model
+
+    manifold = load_model(run_dir / "model").manifold
+    xp = manifold.pca_coordinates(np.load(run_dir / "features.npy"))
+    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(xp).kneighbors(xp)
+    return np.asarray(idx)
+
+
+def _worker_run(work: Path, cond: str, k: int, box: int) -> tuple[npt.NDArray, dict[str, Any]]:
+    """The whole run with the refine stage on the 256 px stack; kNN in
+    ``refined_features.npy``. Also returns the stage times and the refine summary."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from cryomanifold.pipeline import RunConfig, run
+
+    out = work / f"run_{cond}"
+    result = run(
+        work / f"{cond}.star",
+        out,
+        RunConfig(box=box, refine=True, progress=False, atlas=False),
+        overwrite=True,
+    )
+    feats = np.load(out / "refined_features.npy")
+    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(feats).kneighbors(feats)
+    state = json.loads((out / "stages" / "state.json").read_text())
+    refine = state["stages"]["refine"]
+    run_info = json.loads((out / "run.json").read_text())
+    extra = {
+        "timings_s": dict(result.timings_s),
+        "refine": refine,
+        "n_classes": run_info.get("n_classes"),
+        "n_map_classes": run_info.get("n_map_classes"),
+    }
+    return np.asarray(idx), extra
 
 
 def _worker_aspire(images: npt.NDArray[np.float32], work: Path, k: int) -> npt.NDArray:
@@ -316,7 +297,7 @@ def _worker_aspire(images: npt.NDArray[np.float32], work: Path, k: int) -> npt.N
     return np.asarray(classes)
 
 
-def worker(method: str, cond: str, work: Path, k: int) -> None:
+def worker(method: str, cond: str, work: Path, k: int, box: int) -> None:
     """Run one method on one condition; write neighbours and timings to ``work``."""
     if method == "aspire":
         _block_network()
@@ -325,28 +306,39 @@ def worker(method: str, cond: str, work: Path, k: int) -> None:
     else:
         import sklearn.decomposition  # noqa: F401
 
-        import cryomanifold.features  # noqa: F401
-    images = np.load(work / f"{cond}.npy")
+        import cryomanifold.features
+        import cryomanifold.pipeline  # noqa: F401
+    images = np.load(work / f"{cond}.npy") if method != "cryomanifold" else None
     base = _proc_status_mb("VmRSS")
     t0 = time.perf_counter()
-    fn = _worker_aspire if method == "aspire" else _worker_cryomanifold
-    idx = fn(images, work, k)
+    extra: dict[str, Any] = {}
+    if method == "cryomanifold":
+        idx, extra = _worker_run(work, cond, k, box)
+    else:
+        assert images is not None
+        fn = _worker_aspire if method == "aspire" else _worker_map
+        idx = fn(images, work, k)
     seconds = time.perf_counter() - t0
+    peak = _proc_status_mb("VmHWM")
     np.save(work / f"nbrs_{method}_{cond}.npy", idx)
+    if method == "cryomanifold":  # outside the timing: kNN in the run's own map space
+        np.save(work / f"nbrs_map_from_run_{cond}.npy", _map_space_knn(work / f"run_{cond}", k))
     (work / f"time_{method}_{cond}.json").write_text(
         json.dumps(
             {
                 "seconds": seconds,
-                "peak_rss_mb": _proc_status_mb("VmHWM"),
+                "peak_rss_mb": peak,
                 "base_rss_mb": base,
                 "network_attempts": len(_NETWORK_ATTEMPTS),
+                **extra,
             }
         )
     )
 
 
-def run_worker(method: str, cond: str, work: Path, k: int) -> dict[str, Any] | None:
-    cmd = [sys.executable, __file__, "--worker", method, cond, "--work", str(work), "--k", str(k)]
+def run_worker(method: str, cond: str, work: Path, k: int, box: int) -> dict[str, Any] | None:
+    cmd = [sys.executable, __file__, "--worker", method, cond, "--work", str(work)]
+    cmd += ["--k", str(k), "--box", str(box)]
     log.info("running %s on %s particles", method, cond)
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
@@ -354,6 +346,9 @@ def run_worker(method: str, cond: str, work: Path, k: int) -> dict[str, Any] | N
         return None
     out: dict[str, Any] = json.loads((work / f"time_{method}_{cond}.json").read_text())
     out["neighbours"] = np.load(work / f"nbrs_{method}_{cond}.npy")
+    from_run = work / f"nbrs_map_from_run_{cond}.npy"
+    if method == "cryomanifold" and from_run.is_file():
+        out["map_from_run_neighbours"] = np.load(from_run)
     return out
 
 
@@ -392,100 +387,29 @@ def score(nbrs: npt.NDArray[np.int64], truth: dict[str, Any], groups: dict[str, 
     }
 
 
+def score_result(
+    res: dict[str, Any], truth: dict[str, Any], groups: dict[str, F64], k: int
+) -> dict[str, Any]:
+    """A worker's result with its neighbours replaced by their scores."""
+    res = dict(res)
+    out = score(drop_self(res.pop("neighbours"), k), truth, groups)
+    if "map_from_run_neighbours" in res:
+        check = score(drop_self(res.pop("map_from_run_neighbours"), k), truth, groups)
+        keys = ("frac_within_10deg", "median_angle_deg", "same_species_frac")
+        out["map_from_run"] = {key: check[key] for key in keys}
+    return {**out, **res}
+
+
 # -- report --------------------------------------------------------------------------
-def write_results(results: dict[str, Any], json_path: Path, md_path: Path, cmd: str) -> None:
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-    m = results["meta"]
-    lines = [
-        "# cryomanifold vs ASPIRE RIRClass2D: nearest-neighbour view coherence",
-        "",
-        f"Reproduce: `{cmd}`",
-        "",
-        f"{m['n_particles']} simulated particles ({m['n_per_model']} each of "
-        + ", ".join(m["models"])
-        + f"; no junk), {m['raw_box']} px at {m['raw_apix']} Å/px, cropped to "
-        f"{m['box']} px ({m['apix']:.2f} Å/px) and phase-flipped; k = {m['k']} "
-        f"neighbours. Shifted: uniform in a disk of radius {m['max_shift_fraction']:.0%} "
-        f"of the box (largest {m['shift_px_max']:.1f} px of {m['raw_box']}). "
-        f"ASPIRE {m['aspire_version']} RIRClass2D defaults. {m['cpu']}.",
-        "",
-        "Within 10°: share of all neighbour pairs whose reflection- and "
-        "symmetry-reduced viewing directions are within 10° (other-species neighbours "
-        "count as misses). Median: over same-species pairs. Time: featurisation + "
-        "neighbour search. Peak RSS: worker process high-water mark, VmHWM (increase over imports "
-        "and loaded images in brackets).",
-        "",
-        "| method | condition | within 10° | median angle ° | same species | time s | "
-        "peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in results["rows"]:
-        if row.get("skipped"):
-            lines.append(f"| {row['method']} | {row['condition']} | skipped: {row['skipped']} |")
-            continue
-        lines.append(
-            f"| {row['method']} | {row['condition']} | {row['frac_within_10deg']:.3f} | "
-            f"{row['median_angle_deg']:.1f} | {row['same_species_frac']:.3f} | "
-            f"{row['seconds']:.1f} | {row['peak_rss_mb']:.0f} "
-            f"(+{row['peak_rss_mb'] - row['base_rss_mb']:.0f}) |"
-        )
-    ch = results["chance"]
-    lines.append(
-        f"| random neighbours (chance) | either | {ch['frac_within_10deg']:.3f} | "
-        f"{ch['median_angle_deg']:.1f} | {ch['same_species_frac']:.3f} | | |"
-    )
-    names = list(m["models"])
-    lines += [
-        "",
-        "Per species (within 10° / median angle °):",
-        "",
-        "| method | condition | " + " | ".join(names) + " |",
-        "|---|---|" + "---:|" * len(names),
-    ]
-    for row in [r for r in results["rows"] if not r.get("skipped")] + [
-        {"method": "random (chance)", "condition": "either", **ch}
-    ]:
-        cells = [
-            f"{row['per_species'][nm]['frac_within_10deg']:.3f} / "
-            f"{row['per_species'][nm]['median_angle_deg']:.1f}"
-            for nm in names
-        ]
-        lines.append(f"| {row['method']} | {row['condition']} | " + " | ".join(cells) + " |")
-    attempts = [r["network_attempts"] for r in results["rows"] if "network_attempts" in r]
-    if any(r["method"] == "aspire" and not r.get("skipped") for r in results["rows"]):
-        lines += [
-            "",
-            f"Network connections attempted by the ASPIRE workers (all refused): {sum(attempts)}.",
-        ]
-    lines += ["", "## Goals", ""] + [f"- {g}" for g in results["goals"]] + [""]
-    with atomic_path(md_path) as tmp:
-        tmp.write_text("\n".join(lines))
-
-
-def goals(rows: list[dict[str, Any]]) -> list[str]:
-    by = {(r["method"], r["condition"]): r for r in rows if not r.get("skipped")}
-    need = [(m, c) for m in ("cryomanifold", "aspire") for c in ("centred", "shifted")]
-    if not all(key in by for key in need):
-        return ["not evaluated: rows missing (ASPIRE not installed or a method failed)"]
-    out = []
-    for cond, factor in (("centred", 1.0), ("shifted", 1.5)):
-        cm, asp = by[("cryomanifold", cond)], by[("aspire", cond)]
-        ratio = cm["frac_within_10deg"] / max(asp["frac_within_10deg"], 1e-12)
-        ok = ratio >= factor and cm["seconds"] <= asp["seconds"]
-        out.append(
-            f"{cond}: within-10° ratio cryomanifold/ASPIRE = {ratio:.2f} (goal ≥ {factor}), "
-            f"time {cm['seconds']:.1f} s vs {asp['seconds']:.1f} s: " + ("met" if ok else "NOT met")
-        )
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-per-model", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--box", type=int, default=64)
     ap.add_argument("--max-shift-fraction", type=float, default=0.1)
+    ap.add_argument("--presets", nargs="+", choices=("paper", "realistic"), default=list(PRESETS))
+    ap.add_argument("--dose", type=float, default=20.0, help="e/Å² (default 20)")
+    ap.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vs_aspire")
     ap.add_argument("--overwrite", action="store_true")
@@ -494,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.worker:
-        worker(args.worker[0], args.worker[1], args.work, args.k)
+        worker(args.worker[0], args.worker[1], args.work, args.k, args.box)
         return 0
 
     json_path = check_writable(args.out.with_suffix(".json"), overwrite=args.overwrite)
@@ -508,32 +432,36 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: D%d group, superpositions within %.2f° of it", name, fold, err)
         if err > 3.0:
             raise RuntimeError(f"{name}: symmetry fit off by {err:.1f}°")
-    with tempfile.TemporaryDirectory(prefix="vs_aspire_") as tmpdir:
-        work = Path(tmpdir)
-        t0 = time.perf_counter()
-        star = simulate(work, args.n_per_model, args.seed)
-        log.info("simulated in %.0f s", time.perf_counter() - t0)
-        truth = prepare_conditions(
-            star, work, box=args.box, max_shift_fraction=args.max_shift_fraction, seed=args.seed
-        )
-        rows = []
-        for cond in ("centred", "shifted"):
-            for method in ("cryomanifold", "aspire"):
-                row: dict[str, Any] = {"method": method, "condition": cond}
-                res = (
-                    run_worker(method, cond, work, args.k)
-                    if (method != "aspire" or has_aspire)
-                    else None
-                )
-                if res is None:
-                    row["skipped"] = "not installed" if not has_aspire else "failed (see log)"
-                else:
-                    row.update(score(drop_self(res.pop("neighbours"), args.k), truth, groups))
-                    row.update(res)
-                    log.info("%s", row)
-                rows.append(row)
-    rng = np.random.default_rng(args.seed + 2)
-    chance = score(rng.integers(0, truth["n"], size=(truth["n"], args.k)), truth, groups)
+    load_start = os.getloadavg()[0]
+    rows: list[dict[str, Any]] = []
+    chance: dict[str, Any] = {}
+    truth: dict[str, Any] = {}
+    for preset in args.presets:
+        with tempfile.TemporaryDirectory(prefix=f"vs_aspire_{preset}_") as tmpdir:
+            work = Path(tmpdir)
+            t0 = time.perf_counter()
+            star = simulate(work, args.n_per_model, args.seed, preset, args.dose)
+            log.info("simulated %s in %.0f s", preset, time.perf_counter() - t0)
+            truth = prepare_conditions(
+                star, work, box=args.box, max_shift_fraction=args.max_shift_fraction, seed=args.seed
+            )
+            for cond in ("centred", "shifted"):
+                for method in args.methods:
+                    row: dict[str, Any] = {"preset": preset, "method": method, "condition": cond}
+                    res = (
+                        run_worker(method, cond, work, args.k, args.box)
+                        if (method != "aspire" or has_aspire)
+                        else None
+                    )
+                    if res is None:
+                        row["skipped"] = "not installed" if not has_aspire else "failed (see log)"
+                    else:
+                        row.update(score_result(res, truth, groups, args.k))
+                        log.info("%s", {k: v for k, v in row.items() if k != "per_species"})
+                    rows.append(row)
+        rng = np.random.default_rng(args.seed + 2)
+        random_nbrs = rng.integers(0, truth["n"], size=(truth["n"], args.k))
+        chance[preset] = score(random_nbrs, truth, groups)
     # importlib.metadata, not ``import aspire``: the import writes logs/ under the cwd
     version = importlib.metadata.version("aspire") if has_aspire else "n/a"
     results = {
@@ -541,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             "n_per_model": args.n_per_model,
             "n_particles": truth["n"],
             "models": list(MODELS),
+            "presets": args.presets,
+            "dose": args.dose,
             "raw_box": truth["raw_box"],
             "raw_apix": truth["raw_apix"],
             "box": args.box,
@@ -552,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             "aspire_version": version,
             "cpu": f"{os.cpu_count()} CPU cores ({platform.system()} {platform.machine()})",
             "python": platform.python_version(),
+            "load_average": [load_start, os.getloadavg()[0]],
         },
         "rows": rows,
         "chance": chance,
