@@ -76,7 +76,7 @@ SECTIONS = [
     (
         "vs_aspire",
         "ASPIRE comparison",
-        "pip install -e '.[bench]' && python benchmarks/vs_aspire.py --overwrite   # about 3 min",
+        "pip install -e '.[bench]' && python benchmarks/vs_aspire.py --overwrite   # about 12 min",
     ),
     (
         "features_speed",

@@ -30,10 +30,14 @@ def project(tmp_path_factory):
     return write_relion(tmp_path_factory.mktemp("proj"), images, truth)
 
 
+#: CHUNK_BYTES for chunks of one batch of CFG (64 float32 images of 64 px)
+ONE_BATCH = 64 * 4 * 64 * 64
+
+
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     # several chunks of one batch each, so that a run can stop between chunks
-    monkeypatch.setattr(features_stage, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(features_stage, "CHUNK_BYTES", ONE_BATCH)
 
 
 def _same(a: Path, b: Path) -> None:
@@ -57,7 +61,7 @@ def _digest(out: Path) -> dict[str, str]:
 def reference_run(project, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(features_stage, "CHUNK_BYTES", 1)
+        mp.setattr(features_stage, "CHUNK_BYTES", ONE_BATCH)
         run(project, out, CFG)
     return out
 
@@ -90,7 +94,7 @@ def test_resume_after_failure_mid_features(project, reference_run, tmp_path, mon
     n_chunks = len(json.loads((out / "stages" / "state.json").read_text())["chunks"])
     assert n_chunks == 4 and 0 < len(written) < n_chunks
     monkeypatch.undo()
-    monkeypatch.setattr(features_stage, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(features_stage, "CHUNK_BYTES", ONE_BATCH)
     calls = []
     real = features_stage.featurize_chunk
     monkeypatch.setattr(
@@ -112,7 +116,7 @@ def test_resume_after_failure_mid_averages(project, reference_run, tmp_path, mon
     state = json.loads((out / "stages" / "state.json").read_text())
     assert set(state["stages"]) == {"features", "fit", "embed"}
     monkeypatch.undo()
-    monkeypatch.setattr(features_stage, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(features_stage, "CHUNK_BYTES", ONE_BATCH)
     monkeypatch.setattr(features_stage, "run_features", _must_not_run)
     run(project, out, CFG, resume=True)
     _same(out, reference_run)
@@ -241,3 +245,20 @@ def test_ctrl_c_during_a_run_leaves_the_folder_incomplete(project, tmp_path, mon
     assert not (out / "run.json").exists()
     state = json.loads((out / "stages" / "state.json").read_text())
     assert "averages" not in state["stages"]  # resumable from there
+
+
+def test_feature_chunks_stay_near_their_byte_budget(monkeypatch):
+    """A chunk holds about CHUNK_BYTES of images whatever the box: whole batches of
+    small images, fewer than a batch of large ones (1024 images of 256 px are 268 MB)."""
+    from cryomanifold.stages.features import plan_chunks
+
+    CHUNK_BYTES = 64 * 2**20
+    monkeypatch.setattr(features_stage, "CHUNK_BYTES", CHUNK_BYTES)
+
+    small = plan_chunks(100_000, 64, 1024)
+    assert all((b - a) % 1024 == 0 for a, b in small[:-1])
+    assert (small[0][1] - small[0][0]) * 4 * 64 * 64 <= CHUNK_BYTES
+    large = plan_chunks(2000, 256, 1024)
+    assert max(b - a for a, b in large) * 4 * 256 * 256 <= CHUNK_BYTES
+    assert large[0] == (0, large[0][1]) and large[-1][1] == 2000
+    assert all(a == b_prev for (a, _), (_, b_prev) in zip(large[1:], large[:-1], strict=True))

@@ -57,10 +57,12 @@ class FeatureTask:
 
 
 def plan_chunks(n: int, box_size: int, batch_size: int) -> list[tuple[int, int]]:
-    """Rows ``[start, stop)`` of each chunk: about :data:`CHUNK_BYTES` of images, a
-    whole number of batches."""
+    """Rows ``[start, stop)`` of each chunk: about :data:`CHUNK_BYTES` of float32 images
+    (a whole number of batches when a batch fits; else one smaller batch), so that a
+    task's memory stays bounded whatever the box."""
     per = max(1, CHUNK_BYTES // max(1, 4 * box_size * box_size))
-    per = max(batch_size, (per // batch_size) * batch_size)
+    if per >= batch_size:
+        per = (per // batch_size) * batch_size
     return [(s, min(s + per, n)) for s in range(0, n, per)]
 
 
