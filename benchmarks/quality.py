@@ -372,12 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--overwrite", action="store_true", help="replace earlier result files")
     p.add_argument(
-        "--report-only", action="store_true", help="rewrite NAME.md from NAME.json and exit"
+        "--report-only",
+        action="store_true",
+        help="rewrite NAME.md and NAME_snr.png from NAME.json and exit",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.report_only:
         data = json.loads((args.results / f"{args.name}.json").read_text())
+        plot(data, args.results / f"{args.name}_snr.png")
         md = markdown(data, f"{args.name}_snr.png")
         write_results(args.name, data, md, overwrite=True, out_dir=args.results)
         return 0
