@@ -57,7 +57,6 @@ class RefinedClasses:
     averages: ClassAverages  # the final classes' averages, examples, resolution
     origin: npt.NDArray[np.int64]  # (K,) the map class a carried class is, -1: refined
     no_fit: npt.NDArray[np.bool_]  # (n,) fits no reference better than noise (diagnostic)
-    no_fit_classes: npt.NDArray[np.bool_]  # (K,) carried because most members fit nothing
 
 
 @dataclass(frozen=True)
@@ -287,7 +286,6 @@ def _final_classes(
     prob = np.zeros(n, np.float32)
     prob[usable] = np.where(in_region, result.probabilities, 1.0)
     origin = np.where(order >= k_fine, order - k_fine, -1).astype(np.int64)
-    no_fit_classes = (origin >= 0) & control.no_fit_class[np.maximum(origin, 0)]
     # particles of a no-fit class that fit no reference (a diagnostic: the junk call
     # stays the first stage's, which holds on real data; on the labelled real
     # beta-gal set, calling these junk cost 31 good particles for no junk caught)
@@ -368,7 +366,6 @@ def _final_classes(
             shifts_px=shifts,
             mirrored=mirrored,
             no_fit=no_fit,
-            no_fit_classes=no_fit_classes,
         )
     return RefinedClasses(
         labels,
@@ -376,7 +373,6 @@ def _final_classes(
         ClassAverages(averages, examples, resolution, consistent, z_class),
         origin,
         no_fit,
-        no_fit_classes,
     )
 
 
@@ -385,7 +381,6 @@ def load_refined(folder: RunFolder) -> RefinedClasses:
     with np.load(folder.artefact("refine.npz")) as data:
         labels, prob = data["labels"], data["probabilities"]
         no_fit = data["no_fit"]
-        no_fit_classes = data["no_fit_classes"]
     with np.load(folder.artefact("refine", "classes.npz")) as data:
         avg = ClassAverages(
             data["average"],
@@ -395,7 +390,7 @@ def load_refined(folder: RunFolder) -> RefinedClasses:
             data["consistency_z"],
         )
         origin = data["origin"]
-    return RefinedClasses(labels, prob, avg, origin, no_fit, no_fit_classes)
+    return RefinedClasses(labels, prob, avg, origin, no_fit)
 
 
 def scores_path(folder: RunFolder) -> Path:
