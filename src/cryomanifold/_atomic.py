@@ -27,6 +27,7 @@ __all__ = [
     "disk_full_errors",
     "ensure_free_space",
     "free_bytes",
+    "link_or_copy",
     "preallocate",
 ]
 
@@ -182,3 +183,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Put ``src`` at ``dst``, replacing it atomically: a hard link on the same file
+    system (no bytes copied), else a copy. The folder of ``dst`` is created."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+    return Path(dst)

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from cryomanifold._atomic import check_output_dir
+from cryomanifold._atomic import check_output_dir, link_or_copy
 from cryomanifold.modelfile import load_model, save_model
-from cryomanifold.pipeline import Execution, _link_or_copy
+from cryomanifold.pipeline import Execution
 from cryomanifold.projection import Placed, finish_stages, place_stages, task_runner
 from cryomanifold.stages.config import RunConfig
 from cryomanifold.stages.datasets import AtlasInput
@@ -101,8 +101,8 @@ def _start_dataset(sub: RunFolder, item: AtlasInput, source: Path, cfg: RunConfi
     sub.clear()
     sub.start(source, cfg)
     sub.set("projection", {"features_from": str(item.folder.path.resolve())})
-    _link_or_copy(item.folder.output("features.npy"), sub.output("features.npy"))
-    _link_or_copy(item.folder.artefact("particles.npz"), sub.artefact("particles.npz"))
+    link_or_copy(item.folder.output("features.npy"), sub.output("features.npy"))
+    link_or_copy(item.folder.artefact("particles.npz"), sub.artefact("particles.npz"))
     sub.mark_done("features", dict(item.state["stages"]["features"]))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cryomanifold._atomic import check_output_dir
+from cryomanifold._atomic import check_output_dir, link_or_copy
 from cryomanifold.parallel import limit_threads
 from cryomanifold.stages.config import RunConfig
 from cryomanifold.stages.folder import RUN_OUTPUTS, RunFolder, RunFolderError
@@ -356,11 +355,9 @@ def recluster(
             folder.start(source, cfg)
             folder.set("chunks", src_state.get("chunks"))
             folder.set("reclustered_from", str(src.path.resolve()))
-            folder.artefact("fit.npz").parent.mkdir(parents=True, exist_ok=True)
-            for name in ("features.npy",):
-                _link_or_copy(src.output(name), folder.output(name))
+            link_or_copy(src.output("features.npy"), folder.output("features.npy"))
             for name in ("particles.npz", "fit.npz"):
-                _link_or_copy(src.artefact(name), folder.artefact(name))
+                link_or_copy(src.artefact(name), folder.artefact(name))
             folder.mark_done("features", src.summary("features"))
             model = load_model(src.model_dir)
             embedded = load_embedding(src)
@@ -373,12 +370,3 @@ def recluster(
                 return _run_stages(folder, stack, source, cfg, execution, t_start)
     finally:
         stack.close()
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (same file system), else copy it."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 
 from cryomanifold import _atomic
-from cryomanifold._atomic import atomic_path, disk_full_errors, ensure_free_space, preallocate
+from cryomanifold._atomic import (
+    atomic_path,
+    disk_full_errors,
+    ensure_free_space,
+    link_or_copy,
+    preallocate,
+)
 from cryomanifold.errors import CryomanifoldError, DiskFullError
 from cryomanifold.io import (
     MrcStackWriter,
@@ -193,3 +199,20 @@ def test_writers_touch_only_their_output(relion31, cs_project, tmp_path: Path) -
     write_mrcs(out / "c.mrcs", star_stack.images(np.arange(12)), 2.0)
     assert _listing(out) == ["a.star", "b.cs", "c.mrcs"]
     assert {**hashes(relion31.root), **hashes(cs_project.root)} == inputs
+
+
+def test_link_or_copy_links_and_replaces(tmp_path):
+    """On one file system the destination is a hard link (no bytes copied); an existing
+    destination is replaced; missing folders are made."""
+    src = tmp_path / "a.npy"
+    src.write_bytes(b"new")
+    dst = tmp_path / "sub" / "b.npy"
+    dst.parent.mkdir()
+    dst.write_bytes(b"old")
+    link_or_copy(src, dst)
+    assert dst.read_bytes() == b"new"
+    assert dst.stat().st_ino == src.stat().st_ino
+    deep = tmp_path / "x" / "y" / "c.npy"
+    link_or_copy(src, deep)
+    assert deep.read_bytes() == b"new"
+    assert not [p for p in dst.parent.iterdir() if p.name.startswith(".")]  # no temporaries

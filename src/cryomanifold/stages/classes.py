@@ -7,8 +7,6 @@ vectors they come from); the map's own classes stay with the model (``model/``).
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cryomanifold._atomic import atomic_path
 from cryomanifold.stages.folder import RunFolder
 
-__all__ = ["FinalClasses", "class_centroids", "final_classes", "link_or_copy"]
+__all__ = ["FinalClasses", "class_centroids", "final_classes"]
 
 
 @dataclass(frozen=True)
@@ -102,14 +99,3 @@ def class_centroids(
         sums = np.bincount(labels[good], embedding[good, d].astype(np.float64), k)
         out[:, d] = np.divide(sums, counts, out=np.full(k, np.nan), where=counts > 0)
     return out
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Put ``src`` at ``dst`` (replacing it atomically): a hard link on the same file
-    system, else a copy."""
-    with atomic_path(dst) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)

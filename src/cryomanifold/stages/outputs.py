@@ -239,9 +239,10 @@ def run_outputs(
     ``final`` holds the classes the run reports: the refine stage's, or the map's;
     the model (``model/``) always holds the map and its own classes.
     """
+    from cryomanifold._atomic import link_or_copy
     from cryomanifold.modelfile import save_model
     from cryomanifold.plot import plot_map
-    from cryomanifold.stages.classes import class_centroids, link_or_copy
+    from cryomanifold.stages.classes import class_centroids
     from cryomanifold.stages.fit import feature_settings
 
     t0 = time.perf_counter()
