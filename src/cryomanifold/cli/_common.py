@@ -1,12 +1,21 @@
-"""Pieces shared by the subcommands: a help formatter and the execution options."""
+"""Pieces shared by the subcommands: a help formatter, the options several of them
+take, and the execution options."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
-__all__ = ["HelpFormatter", "add_execution_options", "apply_thread_limit", "execution_from_args"]
+__all__ = [
+    "HelpFormatter",
+    "add_average_options",
+    "add_datadir_option",
+    "add_execution_options",
+    "apply_thread_limit",
+    "execution_from_args",
+]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -17,6 +26,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or action.required:
             return text
         return super()._get_help_string(action) or text
+
+
+def add_datadir_option(p: argparse.ArgumentParser) -> None:
+    """``--datadir``: where the particle stacks are when the metadata's paths fail."""
+    p.add_argument(
+        "--datadir",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="folder holding the particle stacks, if they are not where the .star/.cs says "
+        "(relative to its folder or a parent)",
+    )
+
+
+def add_average_options(p: argparse.ArgumentParser) -> None:
+    """``--batch-size`` and ``--max-members``: how particles are read and averaged."""
+    p.add_argument("--batch-size", type=int, default=1024, help="particles per FFT batch")
+    p.add_argument(
+        "--max-members",
+        type=int,
+        default=300,
+        help="most probable members per class used for its average",
+    )
 
 
 def add_execution_options(p: argparse.ArgumentParser) -> None:

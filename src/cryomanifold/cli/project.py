@@ -23,6 +23,8 @@ from pathlib import Path
 
 from cryomanifold.cli._common import (
     HelpFormatter,
+    add_average_options,
+    add_datadir_option,
     add_execution_options,
     apply_thread_limit,
     execution_from_args,
@@ -56,27 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a particle is novel when its distance ratio is above this quantile of the "
         "ratio among the map's own particles (higher: fewer flagged)",
     )
-    p.add_argument("--batch-size", type=int, default=1024, help="particles per FFT batch")
-    p.add_argument(
-        "--max-members",
-        type=int,
-        default=300,
-        help="most probable members per class used for its average",
-    )
+    add_average_options(p)
     p.add_argument("--no-atlas", action="store_true", help="do not write atlas.html")
-    p.add_argument(
-        "--datadir",
-        type=Path,
-        default=None,
-        metavar="FOLDER",
-        help="folder holding the particle stacks, if they are not where the .star/.cs says",
-    )
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="remove the files of an earlier run in --out and start afresh (other files stay)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_datadir_option(p)
     add_execution_options(p)
     return p
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cryomanifold.cli._common import (
     HelpFormatter,
+    add_datadir_option,
     add_execution_options,
     apply_thread_limit,
     execution_from_args,
@@ -37,13 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, required=True, metavar="K", help="number of classes")
     p.add_argument("--out", type=Path, required=True, help="new output folder")
     p.add_argument(
-        "--datadir", type=Path, default=None, metavar="FOLDER", help="folder holding the stacks"
-    )
-    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an earlier run in --out (other files stay)",
     )
+    add_datadir_option(p)
     add_execution_options(p)
     return p
 

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 from cryomanifold.cli._common import (
     HelpFormatter,
+    add_average_options,
+    add_datadir_option,
     add_execution_options,
     apply_thread_limit,
     execution_from_args,
@@ -65,13 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit the map on at most N particles (a seeded sample) and place the others "
         "into it; 0 fits on all",
     )
-    p.add_argument("--batch-size", type=int, default=1024, help="particles per FFT batch")
-    p.add_argument(
-        "--max-members",
-        type=int,
-        default=300,
-        help="most probable members per class used for its average",
-    )
+    add_average_options(p)
     p.add_argument(
         "--pixel-size",
         type=float,
@@ -105,14 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
         "cost per particle)",
     )
     p.add_argument("--no-atlas", action="store_true", help="do not write atlas.html")
-    p.add_argument(
-        "--datadir",
-        type=Path,
-        default=None,
-        metavar="FOLDER",
-        help="folder holding the particle stacks, if they are not where the .star/.cs says "
-        "(relative to its folder or a parent)",
-    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--overwrite",
@@ -125,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run in --out (same input and options)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_datadir_option(p)
     add_execution_options(p)
     return p
 
