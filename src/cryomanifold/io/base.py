@@ -10,6 +10,7 @@ on all of them. So imports point one way only: base -> formats -> stack.
 from __future__ import annotations
 
 import os
+from collections.abc import Container
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -32,6 +33,7 @@ __all__ = [
     "ParticleIOError",
     "ParticleSource",
     "StarTables",
+    "free_name",
     "one_line",
     "refuse_input",
     "same_values",
@@ -119,6 +121,14 @@ def same_values(old: np.ndarray, new: np.ndarray) -> bool:
         return old.shape == new.shape and bool(np.all(old == new))
     except (TypeError, ValueError):
         return False
+
+
+def free_name(base: str, taken: Container[str]) -> str:
+    """``base``, or ``base2``, ``base3``, ... : the first not in ``taken``."""
+    candidate, k = base, 2
+    while candidate in taken:
+        candidate, k = f"{base}{k}", k + 1
+    return candidate
 
 
 def one_line(err: BaseException) -> str:

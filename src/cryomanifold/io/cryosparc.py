@@ -28,6 +28,7 @@ from cryomanifold.io.base import (
     MetadataError,
     ParticleIOError,
     ParticleSource,
+    free_name,
     one_line,
     refuse_input,
     same_values,
@@ -269,10 +270,7 @@ def backup_field(name: str, taken: set[str] | tuple[str, ...]) -> str:
     ``cm/class`` -> ``cm/input_class`` (``cm/input_class2``, ... when taken).
     """
     base = f"cm/input_{name.rsplit('/', 1)[-1]}"
-    candidate, k = base, 2
-    while candidate in taken:
-        candidate, k = f"{base}{k}", k + 1
-    return candidate
+    return free_name(base, taken)
 
 
 def add_fields(

@@ -22,7 +22,7 @@ import starfile
 
 from cryomanifold._atomic import atomic_path, check_writable
 from cryomanifold.io._float32 import decimal_float32
-from cryomanifold.io.base import ParticleSource, refuse_input, same_values
+from cryomanifold.io.base import ParticleSource, free_name, refuse_input, same_values
 
 __all__ = ["FLOAT_FORMAT", "add_columns", "backup_name", "write_star"]
 
@@ -44,10 +44,7 @@ def backup_name(name: str, taken: set[str] | pd.Index) -> str:
             stem = stem[len(prefix) :]
             break
     base = f"cmInput{stem[:1].upper()}{stem[1:]}"
-    candidate, k = base, 2
-    while candidate in taken:
-        candidate, k = f"{base}{k}", k + 1
-    return candidate
+    return free_name(base, taken)
 
 
 def add_columns(
