@@ -56,6 +56,7 @@ __all__ = [
     "class_half_sets",
     "default_band",
     "half_set_average",
+    "half_set_resolution",
     "phase_randomized",
 ]
 
@@ -217,6 +218,22 @@ def _split_averages(
     avg_a = reference_free_average(imgs[a_idx], n_iter=n_iter, random_state=seed_a, workers=workers)
     avg_b = reference_free_average(imgs[b_idx], n_iter=n_iter, random_state=seed_b, workers=workers)
     return avg_a.average, avg_b.average, a_idx.size, b_idx.size
+
+
+def half_set_resolution(
+    half_a: npt.ArrayLike,
+    half_b: npt.ArrayLike,
+    pixel_size_angstrom: float,
+    *,
+    mask_radius_fraction: float = 0.45,
+) -> float:
+    """Resolution (Å) where the FRC of two aligned half averages (L, L), inside the
+    soft mask :func:`half_set_average` uses, falls below :data:`FRC_THRESHOLD`."""
+    a, b = np.asarray(half_a), np.asarray(half_b)
+    box = a.shape[-1]
+    mask = soft_circular_mask(box, mask_radius_fraction * box, 0.05 * box)
+    curve = frc(a * mask, b * mask)[1]
+    return frc_crossing_angstrom(curve, pixel_size_angstrom, FRC_THRESHOLD)
 
 
 def half_set_average(

@@ -271,7 +271,7 @@ def _run_stages(
                 )
             _finish(folder, "refine", summary)
         refined = refine.load_refined(folder) if cfg.refine else None
-        final = final_classes(folder, called, avg, refined, measures, apix)
+        final = final_classes(folder, embedded, called, avg, refined, measures, apix)
         execution_info = runner.describe()
     return _write_outputs(
         folder, stack, source, cfg, manifold, embedded, final, apix, execution_info, t_start

@@ -32,6 +32,7 @@ __all__ = [
     "ClassAverages",
     "average_class",
     "load_averages",
+    "read_prepared",
     "run_averages",
     "select_members",
 ]
@@ -81,7 +82,9 @@ def select_members(
     return out
 
 
-def _read_prepared(stack: Any, settings: AverageSettings) -> npt.NDArray[np.float32]:
+def read_prepared(stack: Any, settings: AverageSettings) -> npt.NDArray[np.float32]:
+    """The stack's images cropped, phase-flipped (``settings.phase_flip``) and
+    normalised, (n, box, box), read batch by batch."""
     from cryomanifold.preprocess import prepare_images
 
     parts = []
@@ -104,7 +107,7 @@ def average_class(task: AverageTask, settings: AverageSettings) -> float:
     from cryomanifold.halfset import half_set_average
 
     t0 = time.perf_counter()
-    images = _read_prepared(task.stack, settings)
+    images = read_prepared(task.stack, settings)
     rng = np.random.default_rng(task.seed)
     extra: dict[str, Any] = {}
     if images.shape[0] >= 4:

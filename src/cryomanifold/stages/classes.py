@@ -53,17 +53,16 @@ class FinalClasses:
 
 def final_classes(
     folder: RunFolder,
+    embedded: Any,
     called: Any,
     avg: Any,
     refined: Any,
     measures: dict[str, Any],
     pixel_size_angstrom: float,
 ) -> FinalClasses:
-    """The refine stage's classes (``refined``), or the map's (``refined`` None)."""
+    """The refine stage's classes (``refined``), or the map's (``refined`` None, from
+    the embed stage's result ``embedded``)."""
     if refined is None:
-        from cryomanifold.stages.embed import load_embedding
-
-        embedded = load_embedding(folder)
         return FinalClasses(
             embedded.labels,
             embedded.probabilities,

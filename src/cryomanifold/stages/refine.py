@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from cryomanifold._atomic import atomic_path
 from cryomanifold.parallel import TaskRunner
-from cryomanifold.stages.averages import ClassAverages
+from cryomanifold.stages.averages import AverageSettings, ClassAverages, read_prepared
 from cryomanifold.stages.config import RunConfig
 from cryomanifold.stages.folder import RunFolder
 
@@ -76,29 +76,13 @@ class _CacheTask:
     path: Path
 
 
-@dataclass(frozen=True)
-class _CacheSettings:
-    box: int
-    pixel_size_angstrom: float
-    phase_flip: bool
-    batch_size: int
-
-
-def _write_cache(task: _CacheTask, settings: _CacheSettings) -> float:
-    """Prepare one chunk's images (crop, phase flip, normalise) into its cache file."""
-    from cryomanifold.preprocess import prepare_images
-
+def _write_cache(task: _CacheTask, settings: AverageSettings) -> float:
+    """Prepare one chunk's images (crop, phase flip, normalise) into its cache file
+    (usable particles only: no NaN or constant image reaches it)."""
     t0 = time.perf_counter()
-    parts = []
-    for idx, imgs in task.stack.batches(settings.batch_size):
-        ctf = task.stack.ctf.subset(idx) if settings.phase_flip and task.stack.ctf else None
-        imgs = np.nan_to_num(imgs)
-        prepared, _ = prepare_images(
-            imgs, box=settings.box, pixel_size_angstrom=settings.pixel_size_angstrom, ctf=ctf
-        )
-        parts.append(prepared)
+    images = read_prepared(task.stack, settings)
     with atomic_path(task.path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.concatenate(parts).astype(np.float32))
+        np.save(fh, images.astype(np.float32))
     return time.perf_counter() - t0
 
 
@@ -106,15 +90,6 @@ def _chunk_rows(n: int, box: int, threads: int) -> int:
     """Rows per chunk: a few chunks per thread, at most CHUNK_BYTES of images."""
     limit = max(1, CHUNK_BYTES // (4 * box * box))
     return int(np.clip(-(-n // (4 * max(threads, 1))), min(256, limit), limit))
-
-
-def _frc_resolution(half_a: Any, half_b: Any, apix: float) -> float:
-    from cryomanifold.metrics import frc, frc_crossing_angstrom
-    from cryomanifold.preprocess import soft_circular_mask
-
-    box = half_a.shape[-1]
-    mask = soft_circular_mask(box, 0.45 * box, 0.05 * box)
-    return frc_crossing_angstrom(frc(half_a * mask, half_b * mask)[1], apix, 0.143)
 
 
 def run_refine(
@@ -151,11 +126,14 @@ def run_refine(
     runner.map(
         _write_cache,
         todo,
-        shared=_CacheSettings(
-            cfg.box,
-            stack.pixel_size_angstrom,
-            cfg.phase_flip and stack.ctf is not None,
-            cfg.batch_size,
+        shared=AverageSettings(
+            box=cfg.box,
+            pixel_size_angstrom=stack.pixel_size_angstrom,
+            apix=apix,
+            phase_flip=cfg.phase_flip and stack.ctf is not None,
+            examples=cfg.examples_per_class,
+            batch_size=cfg.batch_size,
+            workers=runner.task_threads,
         ),
         desc="refine: images",
         unit="particle",
@@ -272,6 +250,8 @@ def _final_classes(
     control: _Control,
 ) -> RefinedClasses:
     """Number the fine and the carried classes together by size; write the artefacts."""
+    from cryomanifold.halfset import half_set_resolution
+
     n = labels0.size
     k_fine = result.references.shape[0]
     # carried: the map's flagged classes, after the fine ones
@@ -313,7 +293,7 @@ def _final_classes(
             )
             continue
         averages[j] = result.references[src]
-        resolution[j] = _frc_resolution(
+        resolution[j] = half_set_resolution(
             result.half_references[0, src], result.half_references[1, src], apix
         )
         members = np.flatnonzero(in_region & (result.labels == src))
