@@ -160,7 +160,6 @@ def run_refine(
         usable,
         in_region,
         labels0,
-        flagged | control.no_fit_class,
         first,
         chunks,
         bounds,
@@ -242,7 +241,6 @@ def _final_classes(
     usable: npt.NDArray[np.int64],
     in_region: npt.NDArray[np.bool_],
     labels0: npt.NDArray[np.int64],
-    flagged: npt.NDArray[np.bool_],
     first: ClassAverages,
     chunks: list[CacheChunk],
     bounds: list[tuple[int, int]],
@@ -254,9 +252,9 @@ def _final_classes(
 
     n = labels0.size
     k_fine = result.references.shape[0]
-    # carried: the map's flagged classes, after the fine ones
+    # carried: the map classes left out of the refinement, after the fine ones
     raw = np.where(in_region, result.labels, k_fine + labels0[usable])
-    sizes = np.bincount(raw, minlength=k_fine + flagged.size)
+    sizes = np.bincount(raw, minlength=k_fine + first.averages.shape[0])
     order = np.flatnonzero(sizes > 0)
     order = order[np.argsort(-sizes[order], kind="stable")]
     new_index = np.full(sizes.size, -1, np.int64)
